@@ -1,0 +1,93 @@
+"""Checkpoints: plain dicts of tensors and primitives, written atomically, read with weights_only=True.
+
+A checkpoint is ``{config, genotype?, state_dicts, step, loop, rng}`` (ARCHITECTURE.md, style 7):
+whole modules are never pickled, so a checkpoint loads without enas_rnn's classes and cannot run
+code on load.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from enas_rnn.errors import CheckpointError
+
+LAST = "last.pt"
+BEST = "best.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a run draws from, in a form torch.load(weights_only=True) accepts."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restores what :func:`rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python_version"], tuple(state["python"]), None))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds python, numpy and torch (CPU and CUDA) so a run is reproducible on CPU."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Writes to a temporary file in the same folder, then renames: never half a checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Loads a checkpoint safely; a missing or corrupt file gives a CheckpointError with the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"no checkpoint at {path}: pass resume=<run folder> of a run that wrote checkpoints/{LAST}, "
+            "or drop resume= to start a new run"
+        )
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated/garbled files
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            "it is corrupt or not an enas_rnn checkpoint: delete it and resume from an earlier one, "
+            "or start a new run"
+        ) from None
+    if not isinstance(payload, dict) or "state_dicts" not in payload or "config" not in payload:
+        raise CheckpointError(f"{path} is not an enas_rnn checkpoint (no config/state_dicts): start a new run")
+    return payload
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"

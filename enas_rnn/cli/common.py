@@ -1,0 +1,36 @@
+"""What every entry point shares: friendly errors and the run folder."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Iterator
+
+from enas_rnn.errors import UserError
+
+
+@contextlib.contextmanager
+def friendly_errors() -> Iterator[None]:
+    """Prints a user error as one readable line (no traceback) and exits with status 2.
+
+    Errors from our own modules that a user can fix (missing data, bad genotype files, invalid
+    config values, corrupt checkpoints) subclass UserError or ValueError-based GenotypeError.
+    """
+    try:
+        yield
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as exc:  # GenotypeError lives in the genotype module; matched by name to stay decoupled
+        if type(exc).__name__ in {"GenotypeError", "DataError"}:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        raise
+
+
+def run_dir() -> Path:
+    """The Hydra run (or multirun job) folder of the current app."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)

@@ -1,0 +1,129 @@
+"""RNNLM: embedding -> recurrent core(s) -> decoder, with the regularisers of AWD-LSTM / ENAS.
+
+The recurrent core is pluggable. A core is any module with
+
+    init_hidden(batch_size) -> hidden
+    forward(x [T, B, E], hidden, **kwargs) -> (output [T, B, H], hidden)
+
+`LSTMCore` wraps torch.nn.LSTM (the vanilla baseline); `enas_rnn.cells.FixedCell` and
+`SharedCell` run genotypes. Extra keyword arguments of `RNNLM.forward` (e.g. ``genotype=`` for the
+shared supernet) are passed to every core untouched, so the model has no mode flags.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from enas_rnn.conf import CoreKind, ModelConfig
+
+Hidden = Any  # a tensor or a tuple of tensors, as the core defines it
+
+
+class LockedDropout(nn.Module):
+    """Variational dropout: one mask per sequence, shared over time (Gal & Ghahramani 2016;
+    Merity et al. 2018 call it locked dropout)."""
+
+    def forward(self, x: Tensor, p: float) -> Tensor:  # x [T, B, E]
+        if not self.training or p == 0.0:
+            return x
+        mask = x.new_empty(1, x.size(1), x.size(2)).bernoulli_(1 - p).div_(1 - p)  # [1, B, E]
+        return x * mask
+
+
+def embedding_dropout(embed: nn.Embedding, words: Tensor, p: float, training: bool) -> Tensor:
+    """Drops whole words (rows of the embedding matrix) for a batch (Gal & Ghahramani 2016)."""
+    if not training or p == 0.0:
+        return embed(words)
+    keep = embed.weight.new_empty(embed.weight.size(0), 1).bernoulli_(1 - p).div_(1 - p)  # [V, 1]
+    return F.embedding(words, embed.weight * keep, embed.padding_idx)
+
+
+class LSTMCore(nn.Module):
+    """One layer of torch.nn.LSTM behind the core interface (the vanilla baseline)."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.lstm = nn.LSTM(input_size, hidden_size)
+
+    def init_hidden(self, batch_size: int) -> tuple[Tensor, Tensor]:
+        w = self.lstm.weight_hh_l0
+        return (w.new_zeros(1, batch_size, self.hidden_size), w.new_zeros(1, batch_size, self.hidden_size))
+
+    def forward(self, x: Tensor, hidden: tuple[Tensor, Tensor], **_: Any) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        return self.lstm(x, hidden)
+
+
+class RNNLM(nn.Module):
+    """Word-level language model around a stack of recurrent cores.
+
+        tokens [T, B] -> embed [T, B, E] -> core_1 -> ... -> core_L [T, B, H] -> decoder [T, B, V]
+    """
+
+    def __init__(self, vocab_size: int, cores: Sequence[nn.Module], cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.embedding = nn.Embedding(vocab_size, cfg.emb_size)
+        self.cores = nn.ModuleList(cores)
+        self.decoder = nn.Linear(cfg.hidden_size, vocab_size)
+        self.drop = LockedDropout()
+        if cfg.tie_weights:
+            # Press & Wolf 2017; Inan et al. 2017: the output embedding is the input embedding.
+            self.decoder.weight = self.embedding.weight
+        self.reset_parameters(cfg.init_range)
+
+    def reset_parameters(self, init_range: float | None) -> None:
+        """uniform(-r, r) for every parameter when r is given (Zaremba et al. 2014); else the
+        embedding uniform(-0.1, 0.1), a zero decoder bias and each core's own init."""
+        if init_range is not None:
+            for p in self.parameters():
+                nn.init.uniform_(p, -init_range, init_range)
+            return
+        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+
+    def init_hidden(self, batch_size: int) -> list[Hidden]:
+        return [core.init_hidden(batch_size) for core in self.cores]
+
+    def forward(self, tokens: Tensor, hidden: list[Hidden], **core_kwargs: Any) -> tuple[Tensor, list[Hidden]]:
+        """tokens [T, B] -> logits [T, B, V], new hidden (one entry per layer)."""
+        x = embedding_dropout(self.embedding, tokens, self.cfg.dropout_emb, self.training)  # [T, B, E]
+        x = self.drop(x, self.cfg.dropout_in)
+        new_hidden = []
+        for core, h in zip(self.cores, hidden):
+            x, h = core(x, h, **core_kwargs)  # [T, B, H]
+            x = self.drop(x, self.cfg.dropout_out)
+            new_hidden.append(h)
+        return self.decoder(x), new_hidden
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Exact number of trainable scalars; tied weights are counted once (parameters() dedups)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def detach_hidden(hidden: Hidden) -> Hidden:
+    """Cuts the graph between BPTT windows while carrying the state (truncated BPTT)."""
+    if isinstance(hidden, Tensor):
+        return hidden.detach()
+    return type(hidden)(detach_hidden(h) for h in hidden)
+
+
+CoreFactory = Callable[[int, int], nn.Module]
+
+
+def build_model(cfg: ModelConfig, vocab_size: int, core_factory: CoreFactory | None = None) -> RNNLM:
+    """Builds an RNNLM. ``core_factory(input_size, hidden_size)`` makes one layer's core; the default
+    is torch.nn.LSTM. Searched cells pass a factory that builds ``FixedCell(genotype, ...)``."""
+    if core_factory is None:
+        if cfg.core != CoreKind.lstm:
+            raise ValueError("model.core=cell needs a core_factory built from a genotype")
+        core_factory = LSTMCore
+    sizes = [cfg.emb_size] + [cfg.hidden_size] * cfg.num_layers
+    cores = [core_factory(sizes[i], sizes[i + 1]) for i in range(cfg.num_layers)]
+    return RNNLM(vocab_size, cores, cfg)

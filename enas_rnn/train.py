@@ -1,0 +1,266 @@
+"""The one language-model training and evaluation loop.
+
+It serves the nn.LSTM baseline, a retrained cell and the ENAS shared supernet alike:
+
+* :func:`train_steps` runs SGD over BPTT windows of the training stream, carrying the hidden state
+  and detaching it between windows, and stops after a number of steps or at the end of the epoch.
+  The search calls it in short phases, with a freshly sampled child per window
+  (``core_kwargs_fn``); the LM app calls it for whole epochs through :func:`fit`.
+* :func:`evaluate` returns the mean cross-entropy per token of a split.
+
+Progress lives in :class:`LoopState` (never in a config) so it can be checkpointed and resumed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from enas_rnn.conf import DataConfig, TrainConfig
+from enas_rnn.corpus import get_batch, sample_seq_len
+from enas_rnn.errors import TrainingDiverged
+from enas_rnn.model import Hidden, detach_hidden
+
+CoreKwargsFn = Callable[[], dict[str, Any]]
+
+
+@dataclass
+class LoopState:
+    """Mutable progress of a training run; everything needed to resume it exactly."""
+
+    step: int = 0  # optimiser steps attempted (skipped ones included)
+    epoch: int = 0  # completed epochs
+    pos: int = 0  # position in the [T, B] training stream within the current epoch
+    lr: float = 0.0
+    tokens: int = 0  # training tokens seen
+    skipped: int = 0  # steps skipped for a non-finite loss or gradient
+    train_seconds: float = 0.0  # time spent in training steps (excludes evaluation)
+    best_valid_loss: float = math.inf
+    history: list[dict[str, float]] = field(default_factory=list)  # one entry per validation
+    hidden: Optional[list[Hidden]] = None  # carried between windows; not in to_dict()
+    bptt_gen: torch.Generator = field(default_factory=torch.Generator)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("hidden", "bptt_gen")}
+        d["history"] = [dict(h) for h in self.history]
+        d["bptt_gen"] = self.bptt_gen.get_state()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LoopState":
+        d = dict(d)
+        gen = torch.Generator()
+        gen.set_state(d.pop("bptt_gen"))
+        return cls(**d, bptt_gen=gen)
+
+
+@dataclass
+class StepResult:
+    """What one training window produced (for logging and for the search's bookkeeping)."""
+
+    loss: float
+    seq_len: int
+    ok: bool  # False: non-finite loss or gradient, the update was skipped
+
+
+def lm_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """Mean cross-entropy per token; logits [T, B, V], target [T, B]."""
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1))  # [T*B, V] vs [T*B]
+
+
+def train_steps(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    source: Tensor,
+    state: LoopState,
+    cfg: TrainConfig,
+    data: DataConfig,
+    num_steps: Optional[int] = None,
+    core_kwargs_fn: Optional[CoreKwargsFn] = None,
+    on_step: Optional[Callable[[LoopState, StepResult], None]] = None,
+) -> bool:
+    """Trains on consecutive BPTT windows of ``source`` [T, B] from ``state.pos``.
+
+    Stops after ``num_steps`` windows or at the end of the stream; returns True when the epoch
+    ended (then ``state.pos`` is reset and ``state.epoch`` advanced). A window whose loss or
+    gradient norm is not finite is skipped: no optimiser step, the hidden state is reset, the step
+    is counted in ``state.skipped``; after ``cfg.max_nonfinite`` of them TrainingDiverged is raised.
+    """
+    model.train()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    batch_size = source.size(1)
+    if state.hidden is None:
+        state.hidden = model.init_hidden(batch_size)
+    done = 0
+    while state.pos < source.size(0) - 1 and (num_steps is None or done < num_steps):
+        t0 = time.perf_counter()
+        seq_len = sample_seq_len(data.bptt, state.bptt_gen) if data.variable_bptt else data.bptt
+        # Longer windows take a proportionally larger step (Merity et al. 2018, 4.1).
+        lr = state.lr * seq_len / data.bptt if data.variable_bptt else state.lr
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        inp, target = get_batch(source, state.pos, seq_len)
+        kwargs = core_kwargs_fn() if core_kwargs_fn is not None else {}
+        logits, hidden = model(inp, detach_hidden(state.hidden), **kwargs)
+        loss = lm_loss(logits, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(params, cfg.clip)
+        # One host sync per window: we must know before stepping whether the update is finite.
+        loss_value = float(loss.detach())
+        ok = math.isfinite(loss_value) and bool(torch.isfinite(grad_norm))
+        if ok:
+            optimizer.step()
+            state.hidden = hidden
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            state.hidden = model.init_hidden(batch_size)
+            state.skipped += 1
+        n = inp.size(0)
+        state.pos += n
+        state.step += 1
+        state.tokens += n * batch_size
+        state.train_seconds += time.perf_counter() - t0
+        done += 1
+        if on_step is not None:
+            on_step(state, StepResult(loss_value, n, ok))
+        if not ok and state.skipped > cfg.max_nonfinite:
+            raise TrainingDiverged(
+                f"{state.skipped} training steps had a non-finite loss or gradient "
+                f"(train.max_nonfinite={cfg.max_nonfinite}); the weights were never updated with them. "
+                "Lower train.lr, lower train.clip, or set model.state_clip for searched cells"
+            )
+    if state.pos >= source.size(0) - 1:
+        state.pos = 0
+        state.epoch += 1
+        state.hidden = None
+        return True
+    return False
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    source: Tensor,
+    bptt: int,
+    max_batches: Optional[int] = None,
+    **core_kwargs: Any,
+) -> float:
+    """Mean cross-entropy per token over ``source`` [T, B] (or its first ``max_batches`` windows);
+    the hidden state is carried across windows, as in training."""
+    model.eval()
+    hidden = model.init_hidden(source.size(1))
+    total = torch.zeros((), dtype=torch.float64, device=source.device)
+    count = 0
+    for k, i in enumerate(range(0, source.size(0) - 1, bptt)):
+        if max_batches is not None and k >= max_batches:
+            break
+        inp, target = get_batch(source, i, bptt)
+        logits, hidden = model(inp, hidden, **core_kwargs)
+        total += lm_loss(logits, target).double() * target.numel()
+        count += target.numel()
+    return float(total) / max(count, 1)
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), saturating instead of overflowing for a diverged model."""
+    return math.exp(loss) if loss < 700 else math.inf
+
+
+class ScalarLogger:
+    """The logging surface the loop needs; a TensorBoard SummaryWriter satisfies it."""
+
+    def add_scalar(self, tag: str, value: float, global_step: int) -> None:  # pragma: no cover - protocol
+        ...
+
+
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train: Tensor,
+    valid: Tensor,
+    state: LoopState,
+    cfg: TrainConfig,
+    data: DataConfig,
+    writer: Optional[ScalarLogger] = None,
+    save: Optional[Callable[[LoopState, bool], None]] = None,
+    progress: Any = None,
+    on_step: Optional[Callable[[LoopState, StepResult], None]] = None,
+) -> LoopState:
+    """Trains for ``cfg.epochs`` epochs (or ``cfg.max_steps`` steps), validating at each epoch end
+    and every ``cfg.eval_every`` steps, decaying the lr per epoch, and calling
+    ``save(state, is_best)`` at every validation and every ``cfg.checkpoint_every`` steps.
+
+    Resumable: everything it reads or changes is in ``state``, so a state restored from a
+    checkpoint continues exactly where the saved run was.
+    """
+    window_tokens = 0
+    window_loss = 0.0
+    window_t0 = state.train_seconds
+
+    def step_hook(st: LoopState, res: StepResult) -> None:
+        nonlocal window_tokens, window_loss, window_t0
+        if res.ok:
+            window_loss += res.loss * res.seq_len
+            window_tokens += res.seq_len
+        if progress is not None:
+            progress.update(1)
+            if res.ok:
+                progress.set_postfix(loss=f"{res.loss:.3f}", lr=f"{st.lr:.3g}", refresh=False)
+        if writer is not None and st.step % cfg.log_every == 0 and window_tokens > 0:
+            loss = window_loss / window_tokens
+            seconds = max(st.train_seconds - window_t0, 1e-9)
+            writer.add_scalar("train/loss", loss, st.step)
+            writer.add_scalar("train/ppl", perplexity(loss), st.step)
+            writer.add_scalar("train/lr", st.lr, st.step)
+            writer.add_scalar("train/tokens_per_s", window_tokens * train.size(1) / seconds, st.step)
+            writer.add_scalar("train/skipped_steps", st.skipped, st.step)
+            window_tokens, window_loss, window_t0 = 0, 0.0, st.train_seconds
+        if on_step is not None:
+            on_step(st, res)
+
+    def validate() -> None:
+        loss = evaluate(model, valid, data.bptt, cfg.eval_batches)
+        is_best = loss < state.best_valid_loss
+        if is_best:
+            state.best_valid_loss = loss
+        state.history.append(
+            {"step": state.step, "epoch": state.epoch, "tokens": state.tokens, "valid_loss": loss,
+             "valid_ppl": perplexity(loss), "lr": state.lr}
+        )
+        if writer is not None:
+            writer.add_scalar("valid/ppl", perplexity(loss), state.step)
+            writer.add_scalar("valid/loss", loss, state.step)
+        if progress is not None:
+            progress.set_description(f"epoch {state.epoch} valid ppl {perplexity(loss):.1f}")
+        if save is not None:
+            save(state, is_best)
+
+    def budget_left() -> Optional[int]:
+        return None if cfg.max_steps is None else cfg.max_steps - state.step
+
+    while state.epoch < cfg.epochs and (budget_left() is None or budget_left() > 0):
+        # Run up to the next step at which something happens (validation, checkpoint, budget end).
+        chunk = budget_left()
+        for every in (cfg.eval_every, cfg.checkpoint_every):
+            if every is not None:
+                to_next = every - state.step % every
+                chunk = to_next if chunk is None else min(chunk, to_next)
+        epoch_ended = train_steps(model, optimizer, train, state, cfg, data, chunk, on_step=step_hook)
+        if epoch_ended:
+            if state.epoch >= cfg.decay_start:
+                state.lr *= cfg.lr_decay
+            validate()
+        elif budget_left() == 0:
+            validate()
+        elif cfg.eval_every is not None and state.step % cfg.eval_every == 0:
+            validate()
+        elif save is not None:
+            save(state, False)
+    return state
