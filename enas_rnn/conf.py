@@ -19,7 +19,10 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from enas_rnn.controller import ControllerConfig
 from enas_rnn.errors import ConfigError
+from enas_rnn.search import ScreenConfig, SearchConfig
+from enas_rnn.spaces import SpaceConfig
 
 
 class CoreKind(str, Enum):
@@ -95,6 +98,23 @@ class TrainAppConfig:
     experiment: Optional[str] = None  # name of the preset, for the record
 
 
+@dataclass
+class SearchAppConfig:
+    """`enas-search`: ENAS or random search with weight sharing on PTB."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)  # sizes/dropouts of the supernet LM
+    train: TrainConfig = field(default_factory=TrainConfig)  # SGD on the shared weights
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    screen: ScreenConfig = field(default_factory=ScreenConfig)
+    seed: int = 0
+    device: str = "auto"
+    resume: Optional[str] = None
+    experiment: Optional[str] = None
+
+
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 
 
@@ -136,10 +156,50 @@ def validate_common(cfg: Any) -> None:
                 _check(t[key] >= 1, f"train.{key}", t[key], "an integer >= 1 or null")
 
 
+class Sizing(str, Enum):
+    """How `enas-compare` sizes a cell against the nn.LSTM baseline."""
+
+    same = "same"  # the configured model.hidden_size
+    matched = "matched"  # hidden size searched so total parameters match the baseline's
+
+
+@dataclass
+class CompareAppConfig:
+    """`enas-compare`: retrain a cell and nn.LSTM under one budget, several seeds, two sizings."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)  # shared by every run; model.core is set per run
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cell: str = MISSING  # a named genotype or a path to genotype.json
+    extra_cells: list[str] = field(default_factory=list)  # more cells compared the same way
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    sizings: list[Sizing] = field(default_factory=lambda: [Sizing.same, Sizing.matched])
+    param_tolerance: float = 0.02  # |params_cell / params_lstm - 1| allowed for the matched sizing
+    alpha: float = 0.05  # significance level of the Welch t-test in the verdict
+    plot: bool = True  # learning_curves.png
+    device: str = "auto"
+    experiment: Optional[str] = None
+
+
+@dataclass
+class ExportAppConfig:
+    """`enas-export`: a trained cell as a standalone torch module (<name>.py) + <name>.safetensors."""
+
+    run: Optional[str] = None  # an enas-train or enas-compare run folder
+    cell: Optional[str] = None  # a genotype (name or JSON path), with checkpoint=
+    checkpoint: Optional[str] = None  # a checkpoint file (checkpoints/best.pt of a run)
+    out: Optional[str] = None  # output folder; None: the Hydra run folder
+    name: Optional[str] = None  # module/file name; None: derived from the cell
+    whole_model: bool = False  # also export embedding + decoder as an `LM` class
+
+
 def register_configs() -> None:
     """Registers the schemas; YAML files in conf/ name them in their defaults lists."""
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainAppConfig)
+    cs.store(name="search_schema", node=SearchAppConfig)
+    cs.store(name="compare_schema", node=CompareAppConfig)
+    cs.store(name="export_schema", node=ExportAppConfig)
 
 
 __all__ = [
@@ -148,6 +208,7 @@ __all__ = [
     "ModelConfig",
     "TrainConfig",
     "TrainAppConfig",
+    "SearchAppConfig",
     "validate_common",
     "register_configs",
     "MISSING",

@@ -150,15 +150,16 @@ def evaluate(
     source: Tensor,
     bptt: int,
     max_batches: Optional[int] = None,
+    start: int = 0,
     **core_kwargs: Any,
 ) -> float:
-    """Mean cross-entropy per token over ``source`` [T, B] (or its first ``max_batches`` windows);
-    the hidden state is carried across windows, as in training."""
+    """Mean cross-entropy per token over ``source`` [T, B] from row ``start`` (or over its first
+    ``max_batches`` windows from there); the hidden state is carried across windows, as in training."""
     model.eval()
     hidden = model.init_hidden(source.size(1))
     total = torch.zeros((), dtype=torch.float64, device=source.device)
     count = 0
-    for k, i in enumerate(range(0, source.size(0) - 1, bptt)):
+    for k, i in enumerate(range(start, source.size(0) - 1, bptt)):
         if max_batches is not None and k >= max_batches:
             break
         inp, target = get_batch(source, i, bptt)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -18,6 +19,9 @@ CONF_DIR = REPO / "conf"
 DATA_ROOT = Path(os.environ.get("ENAS_RNN_DATA", REPO.parent / "shared" / "data"))
 
 register_configs()
+# Tests run tiny tensors: one thread avoids OpenMP spin-waiting, which made small ops ~40x slower
+# on a loaded 2-core machine. Benchmarks (scripts/bench_*.py) keep torch's default.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,101 @@
+"""The ENAS controller: an LSTM that samples a search space's decisions one after another.
+
+It is generic over a space's list of decisions (``space.decisions()``): decision ``i`` has its own
+output head (``num_choices_i`` logits) and its own embedding for the token fed back as the next
+input, so a new search space needs no change here. Pham et al. 2018 (sec. 2.1) and
+google-research ``enas_lm`` share heads between decisions of one kind and use attention for
+sources; per-decision heads are the simpler generic form (carpedm20/ENAS-pytorch does the same).
+
+Logits are shaped as in ENAS: ``tanh_constant * tanh(logits / temperature)`` bounds them, which
+keeps the policy from collapsing early (Bello et al. 2017; Pham et al. 2018, 3.1).
+
+No training code lives here; REINFORCE is in :mod:`enas_rnn.search`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from enas_rnn.genotype import Genotype
+
+
+@dataclass
+class ControllerConfig:
+    """Controller sizes and logit shaping; defaults after google-research enas_lm (controller.py)."""
+
+    hidden_size: int = 64  # enas_lm; the ENAS paper's PTB controller has 100
+    temperature: float = 5.0  # enas_lm and the paper
+    tanh_constant: float = 2.25  # enas_lm (the paper: 2.5)
+    init_range: float = 0.1  # uniform init of every controller weight (ENAS-pytorch)
+
+
+@dataclass
+class Sample:
+    """A batch of sampled cells with what REINFORCE needs."""
+
+    genotypes: list[Genotype]
+    choices: Tensor  # [B, D] chosen index per decision
+    log_prob: Tensor  # [B] summed log-probability (differentiable)
+    entropy: Tensor  # [B] summed entropy of the per-decision distributions (differentiable)
+
+
+class Controller(nn.Module):
+    """Autoregressive policy over a space's decisions; ``sample(n)`` draws n cells at once."""
+
+    def __init__(self, space, cfg: Optional[ControllerConfig] = None) -> None:
+        super().__init__()
+        self.space = space
+        self.cfg = cfg or ControllerConfig()
+        self.decisions = list(space.decisions())
+        h = self.cfg.hidden_size
+        self.start = nn.Parameter(torch.zeros(1, h))  # the first input, learned
+        self.lstm = nn.LSTMCell(h, h)
+        self.heads = nn.ModuleList(nn.Linear(h, d.num_choices) for d in self.decisions)
+        self.embeds = nn.ModuleList(nn.Embedding(d.num_choices, h) for d in self.decisions)
+        for p in self.parameters():
+            nn.init.uniform_(p, -self.cfg.init_range, self.cfg.init_range)
+
+    def _logits(self, i: int, h: Tensor) -> Tensor:
+        logits = self.heads[i](h) / self.cfg.temperature  # [B, C_i]
+        if self.cfg.tanh_constant:
+            logits = self.cfg.tanh_constant * torch.tanh(logits)
+        return logits
+
+    def _run(
+        self, n: int, forced: Optional[Tensor], generator: Optional[torch.Generator]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Walks the decisions; samples (forced is None) or scores the given choices [n, D]."""
+        x = self.start.expand(n, -1)  # [n, H]
+        state = None
+        choices, log_probs, entropies = [], [], []
+        for i in range(len(self.decisions)):
+            h, c = self.lstm(x, state)
+            state = (h, c)
+            log_p = F.log_softmax(self._logits(i, h), dim=-1)  # [n, C_i]
+            if forced is None:
+                pick = torch.multinomial(log_p.detach().exp(), 1, generator=generator).squeeze(1)  # [n]
+            else:
+                pick = forced[:, i]
+            choices.append(pick)
+            log_probs.append(log_p.gather(1, pick[:, None]).squeeze(1))
+            entropies.append(-(log_p.exp() * log_p).sum(-1))
+            x = self.embeds[i](pick)  # [n, H]
+        return torch.stack(choices, 1), torch.stack(log_probs, 1).sum(1), torch.stack(entropies, 1).sum(1)
+
+    def sample(self, n: int = 1, generator: Optional[torch.Generator] = None) -> Sample:
+        """Draws n cells (from the global torch RNG unless a generator is given)."""
+        choices, log_prob, entropy = self._run(n, None, generator)
+        genotypes = [self.space.decode(row) for row in choices.tolist()]
+        return Sample(genotypes, choices, log_prob, entropy)
+
+    def log_prob(self, genotypes: Sequence[Genotype]) -> tuple[Tensor, Tensor]:
+        """Log-probability and entropy [B] of given cells (teacher forcing through the same path)."""
+        device = self.start.device
+        forced = torch.tensor([self.space.encode(g) for g in genotypes], dtype=torch.long, device=device)
+        _, log_prob, entropy = self._run(len(genotypes), forced, None)
+        return log_prob, entropy
