@@ -1,0 +1,284 @@
+"""Tests for the MRS core (enas_rnn.mrs) and the sine reproduction script's quick mode."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from enas_rnn.mrs import (
+    ERRORS,
+    SCORES,
+    MRSConfig,
+    MRSResult,
+    ThresholdTracker,
+    get_score,
+    mrs_score_module,
+    mrs_score_regression,
+    randomize_,
+    register_score,
+    resolve_hi,
+    score_from_errors,
+    truncnorm_log_cdf,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _phi(z: float) -> float:
+    return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
+
+
+def _hand_cdf(t: float, m: float, s: float, lo: float, hi: float) -> float:
+    """Closed form of the truncated normal cdf with math.erf."""
+    return (_phi((t - m) / s) - _phi((lo - m) / s)) / (_phi((hi - m) / s) - _phi((lo - m) / s))
+
+
+# --------------------------------------------------------------------------- truncated normal
+
+
+@pytest.mark.parametrize(
+    "t, m, s, lo, hi",
+    [
+        (0.01, 0.5, 0.2, 0.0, 2.0),
+        (0.3, 0.5, 0.2, 0.0, 1.0),
+        (0.8, 0.4, 0.3, 0.0, 1.0),
+        (0.01, -0.2, 0.4, 0.0, 2.0),  # mean below the support
+        (1.5, 3.0, 0.5, 0.0, 2.0),  # mean above the support
+    ],
+)
+def test_truncnorm_matches_hand_computation(t, m, s, lo, hi) -> None:
+    log_p, p = truncnorm_log_cdf(t, m, s, lo, hi)
+    ref = _hand_cdf(t, m, s, lo, hi)
+    assert p == pytest.approx(ref, rel=1e-9)
+    assert log_p == pytest.approx(math.log(ref), rel=1e-9)
+
+
+def test_truncnorm_deep_tail_stays_finite_and_ordered() -> None:
+    # P is ~1e-1036 here: it underflows, but log p is still exact and ordered.
+    a, p_a = truncnorm_log_cdf(0.01, 0.7, 0.01, 0.0, 2.0, floor=0.0)
+    b, _ = truncnorm_log_cdf(0.01, 0.6, 0.01, 0.0, 2.0, floor=0.0)
+    assert p_a == 0.0 and math.isfinite(a) and a < b < math.log(1e-300)
+    # Mills-ratio asymptotics: log Phi(x) ~ -x^2/2 - log(-x) - log(sqrt(2 pi)).
+    x = (0.01 - 0.7) / 0.01
+    approx = -x * x / 2 - math.log(-x) - 0.5 * math.log(2 * math.pi)
+    assert a == pytest.approx(approx, rel=1e-3)
+    # With the default floor the score is clamped at log(1e-300).
+    clamped, _ = truncnorm_log_cdf(0.01, 0.7, 0.01, 0.0, 2.0)
+    assert clamped == pytest.approx(math.log(1e-300))
+
+
+def test_truncnorm_sd_zero_is_point_mass() -> None:
+    assert truncnorm_log_cdf(0.5, 0.3, 0.0, 0.0, 1.0) == (0.0, 1.0)
+    assert truncnorm_log_cdf(0.5, 0.5, 0.0, 0.0, 1.0) == (0.0, 1.0)  # mean == t counts
+    log_p, p = truncnorm_log_cdf(0.5, 0.7, 0.0, 0.0, 1.0)
+    assert p == 0.0 and log_p == pytest.approx(math.log(1e-300))
+
+
+def test_truncnorm_outside_support_and_floor() -> None:
+    log_p, p = truncnorm_log_cdf(-0.1, 0.5, 0.2, 0.0, 1.0, floor=1e-10)
+    assert p == 0.0 and log_p == pytest.approx(math.log(1e-10))
+    assert truncnorm_log_cdf(-0.1, 0.5, 0.2, 0.0, 1.0, floor=0.0)[0] == -math.inf
+    assert truncnorm_log_cdf(1.0, 0.5, 0.2, 0.0, 1.0) == (0.0, 1.0)
+    # hi = inf (unbounded errors such as cross-entropy)
+    _, p = truncnorm_log_cdf(1.0, 2.0, 1.0, 0.0, math.inf)
+    assert p == pytest.approx((_phi(-1.0) - _phi(-2.0)) / (1.0 - _phi(-2.0)))
+    with pytest.raises(ValueError):
+        truncnorm_log_cdf(0.5, 0.5, 0.1, 1.0, 1.0)
+
+
+def test_score_from_errors() -> None:
+    errs = [0.4, 0.5, 0.6, 0.45, 0.55]
+    res = score_from_errors(errs, threshold=0.3, lo=0.0, hi=1.0)
+    mean = sum(errs) / len(errs)
+    sd = math.sqrt(sum((e - mean) ** 2 for e in errs) / len(errs))  # ddof=0, like the authors
+    assert res.mean == pytest.approx(mean) and res.sd == pytest.approx(sd)
+    assert res.p == pytest.approx(_hand_cdf(0.3, mean, sd, 0.0, 1.0))
+    assert res.score == pytest.approx(math.log(res.p)) and res.score == res.log_p
+    assert res.samples == tuple(errs) and res.threshold == 0.3 and res.seconds == 0.0
+    # identical errors: sd == 0 handled exactly
+    assert score_from_errors([0.2, 0.2], 0.3, 0.0, 1.0).p == 1.0
+    # a non-finite error counts as the worst error hi
+    res_nan = score_from_errors([0.5, math.nan], 0.3, 0.0, 1.0)
+    assert res_nan.mean == pytest.approx(0.75)
+    assert "samples" not in res.to_dict() and "samples" in res.to_dict(with_samples=True)
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(123)
+    return nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Dropout(0.5), nn.Linear(16, 1), nn.Tanh())
+
+
+def _data() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(64, 3, generator=g)
+    return x, torch.sin(x.sum(dim=1))  # shape: (64,); the net outputs (64, 1)
+
+
+def test_normal_and_uniform_draws() -> None:
+    lin = nn.Linear(200, 100)
+    randomize_(lin, "uniform", 0.25, torch.Generator().manual_seed(0))
+    w = torch.cat([p.flatten() for p in lin.parameters()])
+    assert w.abs().max() <= 0.25 and w.abs().max() > 0.24
+    assert abs(w.mean().item()) < 0.01
+    randomize_(lin, "normal", 2.0, torch.Generator().manual_seed(0))
+    w = torch.cat([p.flatten() for p in lin.parameters()])
+    assert w.std().item() == pytest.approx(2.0, rel=0.03)
+    assert w.abs().max() > 2.0  # not bounded like the uniform draw
+
+
+def test_init_draws_use_reset_parameters_and_are_seeded() -> None:
+    lin = nn.Linear(400, 50)
+    bound = 1.0 / math.sqrt(400)  # torch's default Linear init bound
+    randomize_(lin, "init", 99.0, torch.Generator().manual_seed(1))
+    w1 = lin.weight.detach().clone()
+    assert w1.abs().max() <= bound  # scale is ignored for "init"
+    state = torch.random.get_rng_state()
+    randomize_(lin, "init", 1.0, torch.Generator().manual_seed(1))
+    assert torch.equal(lin.weight, w1)  # same generator seed, same draw
+    assert torch.equal(torch.random.get_rng_state(), state)  # global RNG untouched
+    randomize_(lin, "init", 1.0, torch.Generator().manual_seed(2))
+    assert not torch.equal(lin.weight, w1)
+
+
+def test_init_requires_reset_parameters() -> None:
+    class Raw(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(3))
+
+    with pytest.raises(ValueError, match="uncovered"):
+        randomize_(Raw(), "init", 1.0, torch.Generator())
+    with pytest.raises(ValueError, match="unknown dist"):
+        randomize_(Raw(), "cauchy", 1.0, torch.Generator())
+
+
+def test_determinism_and_seed() -> None:
+    net = _net()
+    x, y = _data()
+    cfg = MRSConfig(samples=8, seed=3, hi=2.0)
+    a = mrs_score_regression(net, x, y, cfg)
+    b = mrs_score_regression(net, x, y, cfg)
+    c = mrs_score_regression(net, x, y, MRSConfig(samples=8, seed=4))
+    assert a.samples == b.samples and a.score == b.score
+    assert a.samples != c.samples
+    assert len(a.samples) == 8 and isinstance(a, MRSResult) and a.seconds > 0
+
+
+def test_module_restored_after_scoring() -> None:
+    net = _net()
+    net.train()
+    bn = nn.BatchNorm1d(3)
+    model = nn.Sequential(bn, net)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = _data()
+    for dist in ("normal", "uniform", "init"):
+        mrs_score_regression(model, x, y, MRSConfig(samples=3, dist=dist))
+        after = model.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before), dist
+        assert model.training and net[2].training  # train/eval flags restored
+
+
+def test_scoring_runs_in_eval_mode_without_grad() -> None:
+    net = _net()
+    x, y = _data()
+    seen: list[tuple[bool, bool]] = []
+
+    def err(m: nn.Module) -> float:
+        seen.append((m.training, torch.is_grad_enabled()))
+        return 0.5
+
+    res = mrs_score_module(net, err, MRSConfig(samples=2, hi=1.0))
+    assert seen == [(False, False), (False, False)]
+    assert res.sd == 0.0 and res.p == 0.0  # constant error 0.5 > t = 0.01
+
+
+def test_error_and_hi_registry() -> None:
+    assert resolve_hi(MRSConfig()) == ERRORS["mae"].hi == 2.0
+    assert resolve_hi(MRSConfig(hi=1.0)) == 1.0
+    with pytest.raises(KeyError, match="unknown error"):
+        resolve_hi(MRSConfig(error="nope"))
+
+
+# --------------------------------------------------------------------------- thresholds
+
+
+def test_quantile_threshold_tracker() -> None:
+    tr = ThresholdTracker(quantile=0.5)
+    with pytest.raises(ValueError):
+        tr.threshold()
+    # First item: the median of its own errors.
+    assert tr.threshold([1.0, 2.0, 3.0]) == 2.0
+    tr.add([1.0, 2.0, 3.0])
+    tr.add([5.0, 6.0, 7.0, math.nan])  # NaN counts as +inf, the worst error
+    assert len(tr) == 2
+    assert tr.threshold() == pytest.approx(5.0)
+    assert tr.threshold([0.0]) == pytest.approx(3.0)
+    res = score_from_errors([1.0, 2.0, 3.0], 0.01, 0.0, 10.0)
+    re = tr.rescore(res, 0.0, 10.0)
+    assert re.threshold == pytest.approx(5.0) and re.p > res.p
+    with pytest.raises(ValueError):
+        ThresholdTracker(quantile=1.0)
+
+
+def test_quantile_mode_in_scoring_updates_tracker() -> None:
+    net = _net()
+    x, y = _data()
+    cfg = MRSConfig(samples=10, threshold_mode="quantile", quantile=0.2)
+    tr = ThresholdTracker(cfg.quantile)
+    r1 = mrs_score_regression(net, x, y, cfg, tracker=tr)
+    assert len(tr) == 1
+    errs = sorted(r1.samples)
+    assert errs[0] <= r1.threshold <= errs[-1]
+    r2 = mrs_score_regression(net, x, y, MRSConfig(samples=10, threshold_mode="quantile", quantile=0.2, seed=1), tracker=tr)
+    assert len(tr) == 2 and r2.threshold == pytest.approx(tr.threshold())
+    # No tracker: falls back to the item's own errors.
+    r3 = mrs_score_regression(net, x, y, cfg)
+    assert r3.threshold == pytest.approx(r1.threshold)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_score_registry() -> None:
+    assert get_score("mrs") is mrs_score_regression
+    with pytest.raises(KeyError, match="unknown score 'nope'.*mrs"):
+        get_score("nope")
+    with pytest.raises(ValueError, match="already registered"):
+        register_score("mrs")(lambda *a, **k: None)
+    name = "_test_dummy_score"
+    try:
+        register_score(name)(lambda m, x, y, cfg=None: 1.0)
+        assert get_score(name)(None, None, None) == 1.0
+    finally:
+        SCORES.pop(name, None)
+
+
+# --------------------------------------------------------------------------- script
+
+
+def test_mrs_sine_quick(tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "mrs_sine.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = list(csv.DictReader(open(tmp_path / "mrs_sine.csv")))
+    assert rows and {"layers", "hidden", "look_back", "mrs_mean", "mrs_sd", "mrs_log_p"} <= set(rows[0])
+    assert (tmp_path / "mrs_sine_scatter.png").stat().st_size > 0
+    assert "Pearson" in proc.stdout or "pearson" in proc.stdout
