@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
-from torch import Tensor
 
 from enas_rnn.controller import Controller, ControllerConfig
 from enas_rnn.genotype import Genotype

@@ -9,6 +9,11 @@ from typing import Iterator
 
 from enas_rnn.errors import UserError
 
+# The Hydra configs live in the checkout's conf/ (installed editable). An absolute path, because a
+# relative config_path is resolved against the enas_rnn.cli package when an app runs as a console
+# script, and conf/ is not a package.
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
 
 @contextlib.contextmanager
 def friendly_errors() -> Iterator[None]:

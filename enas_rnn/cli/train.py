@@ -12,13 +12,13 @@ import json
 import hydra
 from omegaconf import DictConfig
 
-from enas_rnn.cli.common import friendly_errors, run_dir
+from enas_rnn.cli.common import CONF_DIR, friendly_errors, run_dir
 from enas_rnn.conf import register_configs
 
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> None:
     from enas_rnn.runner import train_lm  # keeps `--help` and config errors fast
 

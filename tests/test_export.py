@@ -1,0 +1,270 @@
+"""enas-export: the generated module computes what FixedCell computes, stands alone, matches nn.LSTM for the
+lstm genotype, compiles and exports, and bad inputs get one readable message."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+pytest.importorskip("enas_rnn.cells")
+
+from enas_rnn.cells import FixedCell, copy_from_nn_lstm  # noqa: E402
+from enas_rnn.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from enas_rnn.errors import CheckpointError  # noqa: E402
+from enas_rnn.export import ExportError, export_trained, generate_source, load_module, load_trained, resolve_run  # noqa: E402
+from enas_rnn.genotype import Genotype, GenotypeError, get_named  # noqa: E402
+from enas_rnn.runner import train_lm  # noqa: E402
+from enas_rnn.spaces import make_space  # noqa: E402
+
+from conftest import REPO, compose_app, write_tiny_corpus  # noqa: E402
+
+TINY = ["experiment=smoke", "train.max_steps=12", "train.eval_every=6", "device=cpu", "model.emb_size=16",
+        "model.hidden_size=16"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Three tiny trained runs: the ENAS paper cell (2 layers, tied), nn.LSTM (2 layers), a sampled lstm-space cell."""
+    base = tmp_path_factory.mktemp("runs")
+    root = write_tiny_corpus(base / "tiny")
+    sampled = base / "sampled.json"
+    make_space("lstm", 6).sample(13).to_json(sampled)  # 5 live nodes, 4 xh operands, reads c
+    specs = {
+        "enas": ["model=cell", "cell=enas_paper", "model.num_layers=2", "model.tie_weights=true"],
+        "nn_lstm": ["model=lstm", "model.num_layers=2"],
+        "sampled": ["model=cell", f"cell={sampled}"],
+    }
+    out = {}
+    for key, extra in specs.items():
+        train_lm(compose_app("train", [*TINY, f"data.root={root}", *extra]), base / key)
+        out[key] = base / key
+    out["sampled_genotype"] = sampled
+    return out
+
+
+def _stack(cores: Any, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The trained cores as the language model runs them; states [L, B, H]."""
+    hs, cs = [], []
+    for layer, core in enumerate(cores):
+        if hasattr(core, "lstm"):
+            x, (h, c) = core(x, (h0[layer : layer + 1], c0[layer : layer + 1]))
+            h, c = h[0], c[0]
+        else:
+            x, (h, c) = core(x, (h0[layer], c0[layer]))
+        hs.append(h)
+        cs.append(c)
+    return x, torch.stack(hs), torch.stack(cs)
+
+
+def _sampled(space: str, n: int) -> list[Genotype]:
+    sp = make_space(space, 5)
+    return [sp.sample(seed) for seed in range(n)]
+
+
+@pytest.mark.parametrize("space", ["lstm", "enas"])
+def test_generated_code_computes_what_fixedcell_computes(space: str) -> None:
+    # Random genotypes (dead nodes, repeated operands, cells that never read h) under three guards: the
+    # interval analysis that drops no-op clamps depends on the clip value.
+    for k, g in enumerate(_sampled(space, 8)):
+        for clip in (25.0, 0.5, None):
+            torch.manual_seed(k)
+            cells = [FixedCell(g, 5, 6, state_clip=clip, init_range=0.6), FixedCell(g, 6, 6, state_clip=clip, init_range=0.6)]
+            mod = load_module(generate_source(g, clip, "m"), "m")
+            layer = mod.Layer(5, 6, num_layers=2, batch_first=True)
+            for cell, exported in zip(cells, layer.cells):
+                exported.load_state_dict(cell.state_dict())
+            x = 2 * torch.randn(7, 3, 5)
+            h0, c0 = torch.randn(2, 3, 6), 30 * torch.randn(2, 3, 6)  # c0 beyond the clip: the guard acts
+            with torch.no_grad():
+                ref = _stack(cells, x, h0, c0)
+                out, (h, c) = layer(x.transpose(0, 1), (h0, c0))
+            for a, b in zip(ref, (out.transpose(0, 1), h, c)):
+                torch.testing.assert_close(b, a, atol=1e-6, rtol=0, equal_nan=True)  # no guard: some cells overflow
+            with torch.no_grad():  # the one-step Cell is the same step
+                h1, (_, c1) = layer.cells[0](x[0], (h0[0], c0[0]))
+                ref1 = cells[0](x[:1], (h0[0], c0[0]))
+            torch.testing.assert_close(h1, ref1[0][0], atol=1e-6, rtol=0, equal_nan=True)
+
+
+def test_round_trip_in_a_clean_interpreter(runs: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = export_trained(load_trained(runs["enas"] / "checkpoints" / "best.pt"), out, whole_model=True)
+    assert res.name == "enas_paper" and sorted(p.name for p in out.iterdir()) == ["enas_paper.py", "enas_paper.safetensors"]
+    # The module imports only torch and the standard library.
+    tree = ast.parse(res.module.read_text())
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert imported == {"__future__", "json", "math", "pathlib", "typing", "torch"}
+    # The genotype rides in the weights file's metadata.
+    from safetensors import safe_open
+
+    with safe_open(str(res.weights), "pt") as f:
+        meta = f.metadata()
+    payload = load_checkpoint(runs["enas"] / "checkpoints" / "best.pt")
+    assert json.loads(meta["genotype"]) == payload["genotype"]
+    # Expected outputs from the trained model, computed here with enas_rnn.
+    trained = load_trained(runs["enas"] / "checkpoints" / "best.pt")
+    gen = torch.Generator().manual_seed(1)
+    x, h0, c0 = torch.randn(20, 3, 16, generator=gen), 0.3 * torch.randn(2, 3, 16, generator=gen), torch.zeros(2, 3, 16)
+    tokens = torch.randint(0, trained.model.vocab_size, (20, 3), generator=gen)
+    with torch.no_grad():
+        expected = {"x": x, "h0": h0, "c0": c0, "tokens": tokens, "ref": _stack(trained.model.cores, x, h0, c0),
+                    "logits": trained.model(tokens, trained.model.init_hidden(3))[0]}
+    torch.save(expected, tmp_path / "expected.pt")
+    script = f"""
+import sys
+try:
+    import enas_rnn
+    raise SystemExit("enas_rnn is importable: the check is not isolated")
+except ImportError:
+    pass
+sys.path.insert(0, {str(out)!r})
+import torch, enas_paper
+e = torch.load({str(tmp_path / 'expected.pt')!r}, weights_only=True)
+lm = enas_paper.load()
+out, (h, c) = lm.layer(e["x"], (e["h0"], e["c0"]))
+err = max((a - b).abs().max().item() for a, b in zip((out, h, c), e["ref"]))
+logits, _ = lm(e["tokens"])
+err = max(err, (logits - e["logits"]).abs().max().item())
+assert err <= 1e-6, err
+assert "enas_rnn" not in sys.modules
+print("ok", err)
+"""
+    site = str(Path(torch.__file__).resolve().parents[1])  # torch's site-packages, without its .pth files
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": site}
+    res_p = subprocess.run([sys.executable, "-S", "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert res_p.returncode == 0, res_p.stderr + res_p.stdout
+    assert res_p.stdout.startswith("ok")
+
+
+def test_lstm_genotype_export_matches_nn_lstm(runs: dict[str, Path], tmp_path: Path) -> None:
+    # Random nn.LSTM weights through copy_from_nn_lstm and the generated code, without training.
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(8, 12, num_layers=2)
+    mod = load_module(generate_source(get_named("lstm"), None, "lstm_cell"), "lstm_cell")
+    layer = mod.Layer(8, 12, num_layers=2)
+    for k, exported in enumerate(layer.cells):
+        one = torch.nn.LSTM(8 if k == 0 else 12, 12)
+        one.load_state_dict({f"{n}_l0": getattr(lstm, f"{n}_l{k}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")})
+        cell = FixedCell(get_named("lstm"), one.input_size, 12, state_clip=None)
+        copy_from_nn_lstm(cell, one)
+        exported.load_state_dict(cell.state_dict())
+    x, h0, c0 = torch.randn(30, 4, 8), torch.randn(2, 4, 12), torch.randn(2, 4, 12)
+    with torch.no_grad():
+        ref_out, (ref_h, ref_c) = lstm(x, (h0, c0))
+        out, (h, c) = layer(x, (h0, c0))
+    for a, b in zip((ref_out, ref_h, ref_c), (out, h, c)):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=0)
+    # A trained nn.LSTM baseline checkpoint exports as the lstm genotype and reproduces nn.LSTM.
+    res = export_trained(load_trained(runs["nn_lstm"] / "checkpoints" / "best.pt"), tmp_path)
+    assert res.genotype == get_named("lstm") and res.name == "nn_lstm"
+    exported = load_module(res.module.read_text(), res.name, res.module).load(res.weights)
+    trained = load_trained(runs["nn_lstm"] / "checkpoints" / "best.pt").original
+    x, h0, c0 = torch.randn(25, 3, 16), 0.5 * torch.randn(2, 3, 16), 0.5 * torch.randn(2, 3, 16)
+    with torch.no_grad():
+        ref = _stack(trained.cores, x, h0, c0)
+        out, (h, c) = exported(x, (h0, c0))
+    for a, b in zip(ref, (out, h, c)):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0)  # trained weights: two biases vs one, ~1e-7 apart
+
+
+def test_exported_layer_compiles_and_exports(runs: dict[str, Path], tmp_path: Path) -> None:
+    res = export_trained(load_trained(runs["sampled"] / "checkpoints" / "best.pt"), tmp_path, name="searched")
+    layer = load_module(res.module.read_text(), res.name, res.module).load(res.weights)
+    x = torch.randn(6, 2, 16)
+    with torch.no_grad():
+        eager = layer(x)
+        # aot_eager traces the whole forward through dynamo and AOTAutograd like inductor does, in seconds;
+        # inductor itself needs ~40 s of C++ compilation on a 2-core CPU (see the export module's notes).
+        compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)(x)
+        program = torch.export.export(layer, (x,))
+        exported = program.module()(x)
+    for got in (compiled, exported):
+        torch.testing.assert_close(got[0], eager[0], atol=1e-6, rtol=0)
+        torch.testing.assert_close(got[1][0], eager[1][0], atol=1e-6, rtol=0)
+
+
+def test_bad_inputs_name_the_mismatch(runs: dict[str, Path], tmp_path: Path) -> None:
+    ckpt = runs["enas"] / "checkpoints" / "best.pt"
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"space": "enas", "nodes": [')
+    with pytest.raises(GenotypeError, match="malformed JSON"):
+        load_trained(ckpt, str(bad))
+    with pytest.raises(ExportError, match="from the lstm space but the checkpoint holds a cell of the enas space"):
+        load_trained(ckpt, "lstm")
+    other = get_named("enas_paper").to_dict()
+    other["nodes"][2]["act"] = "tanh"
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(ExportError, match="node n3"):
+        load_trained(ckpt, str(tmp_path / "other.json"))
+    with pytest.raises(ExportError, match="torch.nn.LSTM"):
+        load_trained(runs["nn_lstm"] / "checkpoints" / "best.pt", "enas_paper")
+    # Weights that do not fit the genotype: the message names the tensors.
+    payload = load_checkpoint(runs["sampled"] / "checkpoints" / "best.pt")
+    payload["genotype"] = make_space("lstm", 6).sample(11).to_dict()  # 1 xh operand instead of 4
+    save_checkpoint(tmp_path / "swapped.pt", payload)
+    with pytest.raises(ExportError, match=r"shape cores\.0\.w_x|missing|unexpected"):
+        load_trained(tmp_path / "swapped.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"nope")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_trained(tmp_path / "garbage.pt")
+    with pytest.raises(ExportError, match="no such file"):
+        load_trained(tmp_path / "missing.pt")
+    with pytest.raises(ExportError, match="neither an enas-train run"):
+        resolve_run(tmp_path)
+
+
+def test_export_never_leaves_half_a_file(runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import enas_rnn.export as ex
+
+    (tmp_path / "enas_paper.py").write_text("# an earlier export\n")
+
+    def broken(*_: Any) -> float:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(ex, "self_check", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_trained(load_trained(runs["enas"] / "checkpoints" / "best.pt"), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["enas_paper.py"]
+    assert (tmp_path / "enas_paper.py").read_text() == "# an earlier export\n"
+
+
+def test_compare_folder_exports_the_best_valid_cell_run(runs: dict[str, Path], tmp_path: Path) -> None:
+    folder = tmp_path / "cmp"
+    for name, src in (("nn_lstm_same_seed0", "nn_lstm"), ("x_same_seed0", "sampled"), ("x_matched_seed0", "sampled")):
+        shutil.copytree(runs[src] / "checkpoints", folder / "runs" / name / "checkpoints")
+    rows = [{"name": "nn_lstm_same_seed0", "model": "nn_lstm", "valid_ppl": 1.0, "status": "trained"},
+            {"name": "x_same_seed0", "model": "x", "valid_ppl": 9.0, "status": "trained"},
+            {"name": "x_matched_seed0", "model": "x", "valid_ppl": 8.0, "status": "trained"}]
+    for r in rows:
+        r["run_dir"] = f"runs/{r['name']}"
+    (folder / "comparison.json").write_text(json.dumps({"cell": "x", "runs": rows}))
+    ckpt, name = resolve_run(folder)
+    assert ckpt == folder / "runs" / "x_matched_seed0" / "checkpoints" / "best.pt" and name == "x"
+
+
+def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    exe = shutil.which("enas-export")
+    cmd = [exe] if exe else [sys.executable, "-m", "enas_rnn.cli.export"]
+    return subprocess.run([*cmd, *args, f"hydra.run.dir={cwd / 'hydra'}"], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+
+
+def test_cli_export_and_errors(runs: dict[str, Path], tmp_path: Path) -> None:
+    res = _cli([f"run={runs['sampled']}", f"out={tmp_path / 'out'}", "name=searched"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "out" / "searched.py").is_file() and (tmp_path / "out" / "searched.safetensors").is_file()
+    res = _cli([f"checkpoint={runs['enas'] / 'checkpoints' / 'best.pt'}", "cell=lstm", f"out={tmp_path / 'bad'}"], tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().startswith("error:") and "lstm space" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists() or not list((tmp_path / "bad").iterdir())
