@@ -24,7 +24,11 @@ the whole sequence ([T*B, E] x [E, kH]); per step, ONE GEMM covers the h_{t-1} p
 all k live slots ([B, H] x [H, kH]); live slots are grouped by activation so each
 activation is one kernel; a shared cell gathers its live rows once per forward, not per
 step; only live nodes run; no host syncs in the loop. For enas, the children of one
-parent share one GEMM ([B, H] x [H, 2kH]) and one ``lerp``.
+parent share one GEMM ([B, H] x [H, 2kH]) and one ``lerp``. Backward, per step, does only
+the GEMM for dL/dh_{t-1}; the recurrent weights' gradients are one GEMM over all steps
+(``_StepGEMM``), as fused cuDNN/oneDNN RNN kernels do. Measured (scripts/bench_cell.py,
+H=E=256, B=32, T=35, 1 CPU thread, CPU time): FixedCell(lstm) 1.2x nn.LSTM's time (which
+runs oneDNN's fused LSTM kernel), SharedCell(lstm) 1.02x FixedCell(lstm).
 
 Stability guard (``state_clip``, default 25): relu/mul chains make ENAS-style cells
 explode (a chain n_{k+1} = n_k * n_k overflows float32 in 8 nodes). Every operand whose
@@ -80,6 +84,9 @@ class CellConfig:
                 ENAS/AWD-LSTM use it on the recurrent input).
     init_range: weights ~ U(-r, r); None means 1/sqrt(hidden_size), like nn.LSTM.
     compile:    wrap the time loop of a FixedCell in ``torch.compile`` (off by default).
+                Measured on CPU: ~30 s to compile, no speed-up (the loop is GEMM-bound);
+                meant for CUDA, where per-kernel launch cost dominates (not measured here).
+                A SharedCell ignores it (a recompile per sampled genotype costs more).
     """
 
     state_clip: Optional[float] = 25.0
@@ -145,10 +152,8 @@ class _ENASPlan:
     groups: tuple[_ENASGroup, ...]
     loose: tuple[int, ...]  # loose-end registers; h_t is their mean
     num_regs: int
-
-    @property
-    def keys(self) -> tuple[tuple[int, int], ...]:
-        return tuple(k for g in self.groups for k in g.keys)
+    keys: tuple[tuple[int, int], ...]  # all edges, group after group (the gather order)
+    sizes: tuple[int, ...]  # children per group
 
 
 Plan = Union[_LSTMPlan, _ENASPlan]
@@ -260,6 +265,8 @@ def _compile_enas(g: Genotype, clip: float | None) -> _ENASPlan:
         groups=tuple(groups),
         loose=g.loose_ends(),
         num_regs=g.num_nodes + 1,
+        keys=tuple(k for grp in groups for k in grp.keys),
+        sizes=tuple(len(grp.keys) for grp in groups),
     )
 
 
@@ -298,8 +305,13 @@ class _StepGEMM(torch.autograd.Function):
         ctx.tape = tape
         ctx.save_for_backward(x, w_in)
         ctx.has_bias = bias is not None
+        # Input dtypes: under autocast the step GEMMs run in half precision while the
+        # weights stay float32, so backward computes in grad's dtype and casts back.
+        ctx.dtypes = tuple(None if t is None else t.dtype for t in (x, w_in, bias, w_rec))
         if x is None:
-            return w_rec.new_zeros(rows, w_rec.shape[1])
+            # A stride-0 zero base: the per-step addmm still routes dL/dpre_t here (stacked
+            # by unbind's backward) without writing T*B*N zeros every forward.
+            return w_rec.new_zeros(1, 1).expand(rows, w_rec.shape[1])
         return torch.mm(x, w_in) if bias is None else torch.addmm(bias, x, w_in)
 
     @staticmethod
@@ -307,10 +319,15 @@ class _StepGEMM(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         x, w_in = ctx.saved_tensors
         need_x, need_w_in, need_b, need_w_rec = ctx.needs_input_grad[:4]
-        dx = grad.mm(w_in.t()) if need_x else None
-        dw_in = x.t().mm(grad) if need_w_in else None
-        db = grad.sum(0) if (need_b and ctx.has_bias) else None
-        dw_rec = torch.cat(ctx.tape, 0).t().mm(grad) if (need_w_rec and ctx.tape) else None
+        dt_x, dt_w_in, dt_b, dt_w_rec = ctx.dtypes
+        dx = grad.mm(w_in.to(grad.dtype).t()).to(dt_x) if need_x else None
+        dw_in = x.to(grad.dtype).t().mm(grad).to(dt_w_in) if need_w_in else None
+        db = grad.sum(0).to(dt_b) if (need_b and ctx.has_bias) else None
+        dw_rec = None
+        if need_w_rec and ctx.tape:
+            # [T*B, K]^T x [T*B, N] -> [K, N]: the recurrent weight's gradient over all steps.
+            hs = torch.cat([t.to(grad.dtype) for t in ctx.tape], 0)
+            dw_rec = hs.t().mm(grad).to(dt_w_rec)
         return dx, dw_in, db, dw_rec, None, None
 
 
@@ -323,7 +340,9 @@ def _hoist(
     ``_StepGEMM``; without it (eval, no_grad) the plain ops run and nothing is taped.
     """
     N = w_rec.shape[1]
-    if torch.is_grad_enabled() and w_rec.requires_grad:
+    # Under torch.compile the plain ops are traced instead (a tape of tensors filled after
+    # the Function ran is a side effect the compiler cannot follow).
+    if torch.is_grad_enabled() and w_rec.requires_grad and not torch.compiler.is_compiling():
         tape: list[Tensor] = []
         base = _StepGEMM.apply(x, w_in, bias, w_rec, tape, T * B)
         # [T*B, N] -> [T, B, N] -> T x [B, N]; unbind's backward is one stack (indexing base[t]
@@ -339,7 +358,15 @@ def _hoist(
 def _run_lstm(
     plan: _LSTMPlan, w_x: Tensor, w_h: Tensor, bias: Tensor, x: Tensor, hidden: Hidden, mask: Tensor | None
 ) -> tuple[Tensor, Hidden]:
-    """Run an lstm-space plan over a sequence. w_x [E, kH], w_h [H, kH], bias [kH]."""
+    """Run an lstm-space plan over a sequence. w_x [E, kH], w_h [H, kH], bias [kH].
+
+    One step (k live xh operands, grouped by activation, e.g. vanilla LSTM: g | i f o)::
+
+        xp_t [B, kH] --+
+                       +-- addmm --> pre [B, kH] --split by group--> tanh [B, H] | sigmoid [B, 3H]
+        h_{t-1} @ W_h -+                                               split(H) -> k x [B, H] operands
+        registers: c_{t-1}, operands, act(node) values, node values -> program -> (h_t, c_t)
+    """
     T, B, E = x.shape
     h, c = hidden
     H = h.shape[-1]
@@ -411,7 +438,8 @@ def _run_enas(
             tape.append(h_in)
         # Highway node 1 over [x_t; h_{t-1}]: [B, 2H] -> [B, 2, H] -> gate, candidate [B, H].
         g_pre, c_pre = torch.addmm(xp_t, h_in, w_rec).view(B, 2, H).unbind(1)
-        regs[1] = torch.lerp(h, c_pre if act1 is None else act1(c_pre), torch.sigmoid(g_pre))
+        # (.to: under autocast the GEMM output is half precision and lerp wants one dtype.)
+        regs[1] = torch.lerp(h.to(c_pre.dtype), c_pre if act1 is None else act1(c_pre), torch.sigmoid(g_pre))
         for grp, (base, w, g_tape) in zip(groups, bases):
             s_p = regs[grp.parent]
             if g_tape is not None:
@@ -421,11 +449,13 @@ def _run_enas(
             if k == 1:
                 g_pre, c_pre = out.view(B, 2, H).unbind(1)
                 fn = grp.runs[0][0]
-                regs[grp.children[0]] = torch.lerp(s_p, c_pre if fn is None else fn(c_pre), torch.sigmoid(g_pre))
+                regs[grp.children[0]] = torch.lerp(
+                    s_p.to(c_pre.dtype), c_pre if fn is None else fn(c_pre), torch.sigmoid(g_pre)
+                )
                 continue
             g_pre, c_pre = out.view(B, 2, k, H).unbind(1)  # [B, 2kH] -> [B, 2, k, H] -> 2 x [B, k, H]
             gate = torch.sigmoid(g_pre)
-            s_b = s_p.unsqueeze(1)  # [B, H] -> [B, 1, H], broadcast over the k children
+            s_b = s_p.to(c_pre.dtype).unsqueeze(1)  # [B, H] -> [B, 1, H], broadcast over the k children
             if len(grp.runs) == 1:
                 fn = grp.runs[0][0]
                 parts = torch.lerp(s_b, c_pre if fn is None else fn(c_pre), gate).unbind(1)
@@ -455,7 +485,14 @@ def _rows_arg(rows: Sequence[int], device: torch.device) -> tuple[int, int] | Te
 
 
 def _take(bank: Tensor, dim: int, rows: tuple[int, int] | Tensor) -> Tensor:
+    """Rows of a bank along ``dim``: the bank itself, a narrow view, or an index_select copy.
+
+    Called once per forward and parameter: every gather's backward writes a bank-sized
+    gradient, so gathering per group (or per step) would multiply that cost.
+    """
     if isinstance(rows, tuple):
+        if rows == (0, bank.shape[dim]):
+            return bank  # a FixedCell owns exactly its rows: no op, no extra backward
         return bank.narrow(dim, rows[0], rows[1])
     return bank.index_select(dim, rows)
 
@@ -559,11 +596,11 @@ class _GenotypeCell(nn.Module):
             w_h = _take(self.w_h, 1, rows).reshape(H, k * H)
             bias = _take(self.bias, 0, rows).reshape(k * H)
             return self._loop(_run_lstm, plan, w_x, w_h, bias, x, (h, c), mask)
-        w_groups = []
-        for grp in plan.groups:
-            rows = self._rows_cached(plan, grp.keys, dev)
-            # [H, 2, P, H] -> [H, 2, k, H] -> [H, 2kH]: columns (gates of k children | candidates).
-            w_groups.append(_take(self.w_edge, 2, rows).reshape(H, 2 * len(grp.keys) * H))
+        # One gather for all used edges, then split per group:
+        # [H, 2, P, H] -> [H, 2, n_used, H] -> per group [H, 2, k, H] -> [H, 2kH]
+        # (columns: gates of the k children | their candidates).
+        w_used = _take(self.w_edge, 2, self._rows_cached(plan, plan.keys, dev))
+        w_groups = [w.reshape(H, 2 * k * H) for w, k in zip(w_used.split(plan.sizes, 2), plan.sizes)]
         return self._loop(
             _run_enas,
             plan,

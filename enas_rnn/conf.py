@@ -21,6 +21,7 @@ from omegaconf import MISSING
 
 from enas_rnn.controller import ControllerConfig
 from enas_rnn.errors import ConfigError
+from enas_rnn.mrs import HiddenCovConfig, MRSConfig
 from enas_rnn.search import ScreenConfig, SearchConfig
 from enas_rnn.spaces import SpaceConfig
 
@@ -62,7 +63,7 @@ class ModelConfig:
     dropout_out: float = 0.0  # locked dropout on every layer's output
     dropout_h: float = 0.0  # variational dropout on h_{t-1} inside searched cells (ENAS); nn.LSTM ignores it
     init_range: Optional[float] = None  # uniform(-r, r) for every weight (Zaremba et al. 2014 use 0.05)
-    state_clip: Optional[float] = 25.0  # searched cells only: clamp node values/c_t (see cells.py)
+    state_clip: Optional[float] = 25.0  # searched cells only: clamp unbounded operands to ±clip (see cells.py)
 
 
 @dataclass
@@ -193,6 +194,35 @@ class ExportAppConfig:
     whole_model: bool = False  # also export embedding + decoder as an `LM` class
 
 
+@dataclass
+class MRSAppConfig:
+    """`enas-mrs`: do training-free scores (MRS, hidden covariance) predict trained perplexity?
+
+    Samples ``cells`` cells of ``space``, scores each, trains each from scratch for
+    ``train.max_steps`` steps with the one loop, and correlates scores with perplexities.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)  # the trained (and scored) LM; one layer
+    train: TrainConfig = field(default_factory=TrainConfig)  # train.max_steps is the per-cell budget
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    mrs: MRSConfig = field(
+        default_factory=lambda: MRSConfig(samples=30, error="ce", threshold_mode="quantile", quantile=0.1)
+    )
+    hidden_cov: HiddenCovConfig = field(default_factory=HiddenCovConfig)
+    cells: int = 20  # M distinct cells sampled from the space (seeded)
+    include_named: bool = True  # also score/train the space's published cell(s) (lstm; enas_paper)
+    score_bptt: Optional[int] = None  # rows of the held-out scoring slice (None: data.bptt)
+    score_batch: Optional[int] = None  # its columns of the validation stream (None: data.eval_batch_size)
+    search_run: Optional[str] = None  # an enas-search run folder: also report shared-weight perplexity
+    shared_batches: int = 10  # validation windows per cell for the shared-weight perplexity
+    keep_checkpoints: bool = False  # keep each trained cell's checkpoints/ (they are ~2 x model size)
+    plot: bool = True
+    seed: int = 0
+    device: str = "auto"
+    experiment: Optional[str] = None
+
+
 def register_configs() -> None:
     """Registers the schemas; YAML files in conf/ name them in their defaults lists."""
     cs = ConfigStore.instance()
@@ -200,6 +230,7 @@ def register_configs() -> None:
     cs.store(name="search_schema", node=SearchAppConfig)
     cs.store(name="compare_schema", node=CompareAppConfig)
     cs.store(name="export_schema", node=ExportAppConfig)
+    cs.store(name="mrs_schema", node=MRSAppConfig)
 
 
 __all__ = [

@@ -1,0 +1,151 @@
+"""Search spaces: decisions, decode/encode, sampling, size, registry and config."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections import Counter
+
+import pytest
+import torch
+
+from enas_rnn.genotype import ACTIVATIONS, Genotype, GenotypeError, get_named
+from enas_rnn.spaces import (
+    DECISION_KINDS,
+    SPACES,
+    Decision,
+    ENASSpace,
+    LSTMSpace,
+    SpaceConfig,
+    make_space,
+    space_from_config,
+)
+
+
+def test_lstm_decisions():
+    sp = LSTMSpace(8)
+    ds = sp.decisions()
+    assert len(ds) == 8 * 5 + 2
+    assert {d.kind for d in ds} <= set(DECISION_KINDS)
+    for i in range(1, 9):
+        src_a, act_a, src_b, act_b, op = ds[(i - 1) * 5 : i * 5]
+        # inputs xh, c plus the i-1 earlier nodes
+        assert src_a.kind == src_b.kind == "source" and src_a.num_choices == src_b.num_choices == 2 + (i - 1)
+        assert src_a.options[:2] == ("xh", "c")
+        assert act_a.kind == act_b.kind == "act" and act_a.num_choices == len(ACTIVATIONS)
+        assert op.kind == "op" and op.num_choices == 2
+    out_h, out_c = ds[-2:]
+    assert out_h.kind == out_c.kind == "output" and out_h.num_choices == out_c.num_choices == 8
+    assert [d.name for d in ds[:5]] == ["n1.src_a", "n1.act_a", "n1.src_b", "n1.act_b", "n1.op"]
+
+
+def test_enas_decisions():
+    sp = ENASSpace(8)
+    ds = sp.decisions()
+    assert len(ds) == 1 + 2 * 7
+    assert ds[0].kind == "act" and ds[0].name == "n1.act"
+    for l in range(2, 9):
+        src, act = ds[1 + 2 * (l - 2)], ds[2 + 2 * (l - 2)]
+        assert src.kind == "source" and src.num_choices == l - 1
+        assert act.kind == "act" and act.num_choices == 4
+
+
+@pytest.mark.parametrize("name", ["lstm", "enas"])
+def test_decode_encode_round_trip(name):
+    sp = make_space(name, 8)
+    rng = random.Random(1)
+    for _ in range(200):
+        choices = [rng.randrange(d.num_choices) for d in sp.decisions()]
+        g = sp.decode(choices)
+        assert isinstance(g, Genotype) and g.space == name and g.num_nodes == 8
+        assert sp.encode(g) == choices
+        assert sp.decode(sp.encode(g)) == g
+
+
+def test_vanilla_lstm_is_a_point_of_the_lstm_space():
+    for n in (4, 5, 8):
+        sp = LSTMSpace(n)
+        choices = sp.encode(get_named("lstm"))
+        g = sp.decode(choices)
+        assert g.num_nodes == n and g.canonical() == get_named("lstm").canonical()
+        assert g.live_nodes() == (1, 2, 3, 4)
+    with pytest.raises(GenotypeError, match="only 3"):
+        LSTMSpace(3).encode(get_named("lstm"))
+
+
+def test_enas_paper_encodes_in_a_12_node_space():
+    g = get_named("enas_paper")
+    sp = ENASSpace(12)
+    assert sp.decode(sp.encode(g)) == g
+    with pytest.raises(GenotypeError, match="make_space"):
+        ENASSpace(8).encode(g)
+    with pytest.raises(GenotypeError, match="'enas' genotype"):
+        LSTMSpace(8).encode(g)
+
+
+def test_sample_is_seeded_for_both_generator_kinds():
+    sp = LSTMSpace(8)
+    assert sp.sample(random.Random(3)) == sp.sample(random.Random(3))
+    assert sp.sample(3) == sp.sample(random.Random(3))
+    g1 = sp.sample(torch.Generator().manual_seed(5))
+    g2 = sp.sample(torch.Generator().manual_seed(5))
+    assert g1 == g2
+    assert len({sp.sample(s).hash() for s in range(20)}) > 15
+
+
+def test_sample_is_uniform_over_each_decision():
+    sp = ENASSpace(4)
+    rng = random.Random(0)
+    counts = Counter(tuple(sp.encode(sp.sample(rng))) for _ in range(4000))
+    per_decision = [Counter(c[k] for c in counts.elements()) for k in range(len(sp.decisions()))]
+    for d, cnt in zip(sp.decisions(), per_decision):
+        assert set(cnt) == set(range(d.num_choices))
+        expected = 4000 / d.num_choices
+        assert all(abs(v - expected) < 0.15 * expected for v in cnt.values()), (d.name, cnt)
+
+
+def test_size_counts_decision_sequences():
+    sp = ENASSpace(3)  # 4 * (1*4) * (2*4)
+    assert sp.size() == 128
+    seqs = itertools.product(*(range(d.num_choices) for d in sp.decisions()))
+    assert len({sp.decode(s) for s in seqs}) == sp.size()
+    lstm = LSTMSpace(8)
+    per_node = [(2 + i) ** 2 * 4 ** 2 * 2 for i in range(8)]
+    assert lstm.size() == math.prod(per_node) * 8 * 8
+
+
+def test_decode_rejects_bad_choices():
+    sp = LSTMSpace(2)
+    with pytest.raises(ValueError, match="takes 12 choices"):
+        sp.decode([0] * 3)
+    bad = [0] * 12
+    bad[0] = 2  # node 1 has only sources xh, c
+    with pytest.raises(ValueError, match="n1.src_a"):
+        sp.decode(bad)
+
+
+def test_registry_and_errors():
+    assert set(SPACES) == {"lstm", "enas"}
+    assert isinstance(make_space("lstm"), LSTMSpace) and make_space("lstm").num_nodes == 8
+    assert make_space("enas", 12).num_nodes == 12
+    with pytest.raises(ValueError) as e:
+        make_space("gru")
+    assert "enas" in str(e.value) and "lstm" in str(e.value)
+    with pytest.raises(ValueError):
+        LSTMSpace(0)
+    with pytest.raises(ValueError, match="kind"):
+        Decision("x", 2, "colour")
+    assert LSTMSpace(8) == make_space("lstm", 8) and LSTMSpace(8) != LSTMSpace(4)
+
+
+def test_space_config_is_a_structured_config():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.structured(SpaceConfig)
+    assert cfg.name == "lstm" and cfg.num_nodes == 8
+    cfg.num_nodes = 12
+    cfg.name = "enas"
+    sp = space_from_config(cfg)
+    assert isinstance(sp, ENASSpace) and sp.num_nodes == 12
+    assert space_from_config(SpaceConfig()).num_nodes == 8
