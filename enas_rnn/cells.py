@@ -328,6 +328,7 @@ class _StepGEMM(torch.autograd.Function):
             # [T*B, K]^T x [T*B, N] -> [K, N]: the recurrent weight's gradient over all steps.
             hs = torch.cat([t.to(grad.dtype) for t in ctx.tape], 0)
             dw_rec = hs.t().mm(grad).to(dt_w_rec)
+        ctx.tape = None  # free the inputs now that the gradient is taken
         return dx, dw_in, db, dw_rec, None, None
 
 
@@ -384,7 +385,7 @@ def _run_lstm(
         if xp_t is not None:
             h_in = h if mask is None else h * mask
             if tape is not None:
-                tape.append(h_in)
+                tape.append(h_in.detach())  # detached: no ctx->tape->graph->ctx cycle (leak)
             # The h_{t-1} part of all k live slots in ONE GEMM: [B, H] x [H, kH] -> [B, kH].
             pre = torch.addmm(xp_t, h_in, w_rec)
             chunks = (pre,) if len(groups) == 1 else pre.split(widths, 1)
@@ -435,7 +436,7 @@ def _run_enas(
     for t, xp_t in enumerate(xp):
         h_in = h if mask is None else h * mask
         if tape is not None:
-            tape.append(h_in)
+            tape.append(h_in.detach())  # detached: no ctx->tape->graph->ctx cycle (leak)
         # Highway node 1 over [x_t; h_{t-1}]: [B, 2H] -> [B, 2, H] -> gate, candidate [B, H].
         g_pre, c_pre = torch.addmm(xp_t, h_in, w_rec).view(B, 2, H).unbind(1)
         # (.to: under autocast the GEMM output is half precision and lerp wants one dtype.)
@@ -443,7 +444,7 @@ def _run_enas(
         for grp, (base, w, g_tape) in zip(groups, bases):
             s_p = regs[grp.parent]
             if g_tape is not None:
-                g_tape.append(s_p)
+                g_tape.append(s_p.detach())
             k = len(grp.children)
             out = torch.addmm(base[t], s_p, w)  # all k children of this parent in one GEMM: [B, 2kH]
             if k == 1:

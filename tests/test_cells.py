@@ -459,3 +459,35 @@ def test_compiled_fixed_cell_matches_eager():
     copy_from_nn_lstm(compiled, lstm)
     x = _x(T=6)
     torch.testing.assert_close(compiled(x, None)[0], eager(x, None)[0], atol=1e-6, rtol=0)
+
+
+def test_training_steps_do_not_leak_tensors() -> None:
+    """The deferred weight-gradient tape must not form a reference cycle with the graph
+    (a cycle through autograd's C++ nodes is never collected: memory grew ~30 MB/s in a search)."""
+    import gc
+
+    from enas_rnn.cells import SharedCell
+    from enas_rnn.spaces import make_space
+
+    torch.manual_seed(0)
+    space = make_space("lstm", 6)
+    cell = SharedCell(space, 8, 8)
+    gen = torch.Generator().manual_seed(0)
+    pool = [space.sample(gen) for _ in range(4)]  # a fixed pool: the plan/index caches saturate
+
+    def live_tensors() -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+
+    def steps(n: int) -> None:
+        for i in range(n):
+            x = torch.randn(5, 3, 8, requires_grad=True)
+            out, _ = cell(x, None, genotype=pool[i % 4])
+            if out.requires_grad:
+                out.sum().backward()
+            out, _ = cell(x, None, genotype=pool[(i + 1) % 4])  # forward only, graph dropped
+
+    steps(8)
+    before = live_tensors()
+    steps(20)
+    assert live_tensors() - before < 10
