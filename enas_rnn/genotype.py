@@ -499,7 +499,16 @@ class Genotype:
 
     def to_json(self, path: str | Path | None = None, indent: int | None = 2) -> str:
         """JSON text of ``to_dict()``; also written to ``path`` when given."""
-        text = json.dumps(self.to_dict(), indent=indent)
+        d = self.to_dict()
+        if indent is None:
+            text = json.dumps(d)
+        else:
+            # One node per line: the form a person writes by hand and reads in a diff.
+            pad = " " * indent
+            lines = [f"{pad}{json.dumps(k)}: {json.dumps(v)}" for k, v in d.items() if k != "nodes"]
+            nodes = ",\n".join(f"{pad}{pad}{json.dumps(n)}" for n in d["nodes"])
+            lines.insert(1, f"{pad}\"nodes\": [\n{nodes}\n{pad}]")
+            text = "{\n" + ",\n".join(lines) + "\n}"
         if path is not None:
             Path(path).write_text(text + "\n", encoding="utf-8")
         return text

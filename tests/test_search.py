@@ -86,3 +86,22 @@ def test_invalid_search_values(tiny_corpus: Path, tmp_path: Path) -> None:
         run_search(search_cfg(tiny_corpus, "model.num_layers=2"), tmp_path / "a")
     with pytest.raises(ConfigError, match="screen.keep"):
         run_search(search_cfg(tiny_corpus, "screen=mrs", "screen.keep=20"), tmp_path / "b")
+
+
+def test_cli_smoke_search_on_real_ptb(ptb_root: Path, tmp_path: Path) -> None:
+    """`enas-search experiment=smoke` as a user runs it (CI runs this on real PTB)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    res = subprocess.run(
+        [sys.executable, "-m", "enas_rnn.cli.search", "experiment=smoke", f"data.root={ptb_root}",
+         f"hydra.run.dir={tmp_path / 'cli'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env=dict(os.environ),
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    metrics = json.loads((tmp_path / "cli" / "metrics.json").read_text())
+    assert metrics["controller_steps"] == 10 and math.isfinite(metrics["best_ppl"])
+    assert Genotype.from_json(tmp_path / "cli" / "best_genotype.json").space == "lstm"
