@@ -291,11 +291,28 @@ def derive(model: RNNLM, strategy: Any, valid: torch.Tensor, cfg: Any, n: int) -
             continue
         loss = evaluate(model, valid, cfg.data.bptt, cfg.search.derive_batches, 0, genotype=g)
         ppl = perplexity(loss) if math.isfinite(loss) else math.inf
-        seen[h] = {"hash": h, "ppl": ppl, "count": 1, "genotype": g.canonical().to_dict()}
+        # Keep the spelling that was evaluated: on shared weights, node numbers and operand slots
+        # pick weight rows, so the canonical respelling of a cell is a different supernet child.
+        seen[h] = {"hash": h, "ppl": ppl, "count": 1, "genotype": g.to_dict()}
     ranked = sorted(seen.values(), key=lambda r: (r["ppl"], r["hash"]))
     for rank, r in enumerate(ranked):
         r["rank"] = rank + 1
     return ranked
+
+
+def load_supernet(run_dir: str | Path, device: str = "cpu") -> tuple[RNNLM, DictConfig, Any]:
+    """The shared model of a search run (its last checkpoint), its config and its data splits,
+    e.g. to evaluate other cells on the same weights (scripts/cross_eval.py)."""
+    from enas_rnn.cells import SharedCell
+
+    payload = load_checkpoint(checkpoint_dir(run_dir) / LAST, map_location=device)
+    cfg = OmegaConf.merge(OmegaConf.structured(SearchAppConfig), payload["config"])
+    splits = load_splits(cfg.data, torch.device(device))
+    space = make_space(cfg.space.name, cfg.space.num_nodes)
+    shared = SharedCell(space, cfg.model.emb_size, cfg.model.hidden_size, state_clip=cfg.model.state_clip, dropout_h=cfg.model.dropout_h)
+    model = RNNLM(len(splits.corpus.vocab), [shared], cfg.model).to(device)
+    model.load_state_dict(payload["state_dicts"]["model"])
+    return model, cfg, splits
 
 
 def _log_cell(writer: Any, tag: str, g: Genotype, ppl: float, step: int) -> None:

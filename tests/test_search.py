@@ -105,3 +105,20 @@ def test_cli_smoke_search_on_real_ptb(ptb_root: Path, tmp_path: Path) -> None:
     metrics = json.loads((tmp_path / "cli" / "metrics.json").read_text())
     assert metrics["controller_steps"] == 10 and math.isfinite(metrics["best_ppl"])
     assert Genotype.from_json(tmp_path / "cli" / "best_genotype.json").space == "lstm"
+
+
+def test_best_genotype_file_reproduces_its_derive_perplexity(tiny_corpus: Path, tmp_path: Path) -> None:
+    """best_genotype.json is the spelling that was evaluated: on the saved supernet it gives the
+    same perplexity as derive reported (a respelling would select other shared weights)."""
+    from enas_rnn.search_run import load_supernet
+    from enas_rnn.train import evaluate, perplexity
+
+    out = tmp_path / "run"
+    run_search(search_cfg(tiny_corpus, "search=random"), out)
+    model, cfg, splits = load_supernet(out)
+    top = json.loads((out / "top_genotypes.json").read_text())
+    for entry in top[:3]:
+        g = Genotype.from_dict(entry["genotype"])
+        ppl = perplexity(evaluate(model, splits.valid, cfg.data.bptt, cfg.search.derive_batches, 0, genotype=g))
+        assert ppl == pytest.approx(entry["ppl"], rel=1e-6)
+    assert Genotype.from_json(out / "best_genotype.json") == Genotype.from_dict(top[0]["genotype"])
