@@ -40,19 +40,30 @@ we follow or change here:
 * *Addition:* a relative threshold (``threshold_mode="quantile"``): ``t`` is the
   q-quantile of all errors sampled so far in the population, because an
   absolute ``t = 0.01`` is meaningless for errors like cross-entropy.
+
+Language models (second half of this module): :func:`mrs_score_genotype` scores a
+cell inside the RNNLM that would be trained, with the LM errors ``"ce"`` (per-token
+cross-entropy capped at 10 ln V, exact range [0, 10 ln V]) and ``"softmax_mae"``
+(the paper's MAE of softmax vs one-hot, exact range [0, 2/V]); :class:`MRSCache`
+scores identical cells (same ``Genotype.hash()``) once; :func:`hidden_cov_score`
+is the competitor (Serianni & Kalita, ACL 2023); :func:`make_lm_screener` is the
+search's pre-screen.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import time
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy.special import log_ndtr
 from torch import Tensor, nn
 
@@ -73,6 +84,22 @@ __all__ = [
     "register_score",
     "get_score",
     "DISTRIBUTIONS",
+    # language models (issue 5)
+    "CE_CAP_FACTOR",
+    "lm_error_hi",
+    "data_fingerprint",
+    "MRSCache",
+    "LMSpec",
+    "mrs_lm_errors",
+    "mrs_lm_errors_many",
+    "mrs_score_genotype",
+    "HiddenCovConfig",
+    "HiddenCovResult",
+    "hidden_correlation",
+    "hidden_cov_from_corr",
+    "hidden_cov_score",
+    "LMScreener",
+    "make_lm_screener",
 ]
 
 #: Weight distributions understood by :func:`randomize_`.
@@ -327,11 +354,15 @@ class ThresholdTracker:
     current pool for a final, consistent ranking.
     """
 
-    def __init__(self, quantile: float = 0.1) -> None:
+    def __init__(self, quantile: float = 0.1, window: int | None = None) -> None:
         if not 0.0 < quantile < 1.0:
             raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+        if window is not None and window < 1:
+            raise ValueError(f"window must be >= 1 or None, got {window}")
         self.quantile = float(quantile)
-        self._pool: list[np.ndarray] = []
+        # window: keep only the last `window` items, so a long search neither grows memory
+        # nor slows np.quantile without bound (None: keep everything, as before).
+        self._pool: deque[np.ndarray] = deque(maxlen=window)
 
     def __len__(self) -> int:
         """Number of items (architectures) added so far."""
@@ -492,8 +523,11 @@ def mrs_score_module(
 
 # --------------------------------------------------------------------------- score registry
 
-#: Name -> zero-cost score ``fn(module, inputs, targets, cfg=None, **kw)``; each
-#: returns an object with a float ``.score`` where higher is better.
+#: Name -> zero-cost score; each returns an object with a float ``.score`` where higher is
+#: better. Two calling conventions: "mrs" scores a module, ``fn(module, inputs, targets,
+#: cfg=None, tracker=None)``; the genotype scorers "mrs_lm" and "hidden_cov" score a cell's
+#: language model, ``fn(genotype, data, vocab_size, cfg, emb_size, hidden_size, tracker=None,
+#: **model_kw)``.
 SCORES: dict[str, Callable[..., Any]] = {}
 
 
@@ -536,3 +570,656 @@ def mrs_score_regression(
         return err(m(inputs), targets)
 
     return mrs_score_module(module, error_fn, cfg, tracker)
+
+
+# =========================================================================== language models
+#
+# MRS for a recurrent *cell* inside a word-level language model (issue 5). The paper scores a
+# regression network; here the "network" is the RNNLM that will be trained, built around a
+# FixedCell of the genotype:
+#
+#     tokens [T, B] -> embedding [T, B, E] -> FixedCell [T, B, H] -> decoder [T, B, V]
+#
+# and the error of a draw is a language-model error of the next-token predictions on a small,
+# fixed held-out slice (the first validation window(s)).
+
+#: Per-token cross-entropies are capped at CE_CAP_FACTOR * ln V nats (a target probability
+#: below V**-10), which makes "ce" a bounded error with an exact truncation range [0, cap].
+CE_CAP_FACTOR: float = 10.0
+
+
+def _logits_targets(outputs: Any, targets: Tensor) -> tuple[Tensor, Tensor, int]:
+    logits = _first_tensor(outputs)
+    vocab = int(logits.size(-1))
+    # [T, B, V] -> [T*B, V] and [T, B] -> [T*B]: one row per predicted token.
+    return logits.reshape(-1, vocab).float(), targets.reshape(-1), vocab
+
+
+@register_error("ce", hi=math.inf)
+def ce_error(outputs: Any, targets: Tensor) -> float:
+    """Mean next-token cross-entropy (nats), each token capped at ``CE_CAP_FACTOR * ln V``.
+
+    Why a cap: per-token CE is unbounded (a random N(0, 1) decoder easily puts a target at
+    p = 1e-40), but the truncated-normal fit needs a finite range [lo, hi]. With the cap the
+    error lives exactly in [0, CE_CAP_FACTOR * ln V] (about 92 nats for PTB's 10k words), so
+    :func:`lm_error_hi` is a true bound, not a guess; only predictions worse than V**-10 are
+    affected. A non-finite per-token CE (overflowed logits) counts as the cap.
+    """
+    logits, tgt, vocab = _logits_targets(outputs, targets)
+    cap = CE_CAP_FACTOR * math.log(max(vocab, 2))
+    nll = F.cross_entropy(logits, tgt, reduction="none")  # [T*B]
+    nll = torch.nan_to_num(nll, nan=cap, posinf=cap).clamp(max=cap)
+    return float(nll.double().mean())
+
+
+@register_error("softmax_mae", hi=2.0)
+def softmax_mae_error(outputs: Any, targets: Tensor) -> float:
+    """The paper's MAE applied to a softmax against one-hot targets: mean over tokens of
+    ``mean_v |softmax(z)_v - onehot(y)_v|``.
+
+    For one token sum_v |p_v - 1[v=y]| = (1 - p_y) + sum_{v != y} p_v = 2 (1 - p_y) exactly, so
+    the error is ``(2 / V) * (1 - mean_t p_y)``: computed that way (no [T, B, V] abs), it lies in
+    [0, 2/V] (2/V when every target has probability 0). It is an affine function of the mean
+    target probability, hence tiny numbers for a 10k-word softmax: an absolute threshold such as
+    the paper's 0.01 (> 2/V) is always met, which is why LM scoring uses a relative threshold.
+    """
+    logits, tgt, vocab = _logits_targets(outputs, targets)
+    log_p = -F.cross_entropy(logits, tgt, reduction="none")  # [T*B], log p_y
+    p_y = torch.nan_to_num(log_p.double().exp(), nan=0.0)
+    return float((2.0 / vocab) * (1.0 - p_y.mean()))
+
+
+def lm_error_hi(error: str, vocab_size: int) -> float:
+    """Exact upper bound of an LM error for a vocabulary of ``vocab_size`` words (truncation hi)."""
+    if vocab_size < 2:
+        raise ValueError(f"an LM error needs vocab_size >= 2, got {vocab_size}")
+    if error == "ce":
+        return CE_CAP_FACTOR * math.log(vocab_size)
+    if error == "softmax_mae":
+        return 2.0 / vocab_size
+    if error in ERRORS:
+        return ERRORS[error].hi
+    raise KeyError(f"unknown error {error!r}; registered errors: {sorted(ERRORS)}")
+
+
+def _lm_hi(cfg: Any, vocab_size: int) -> float:
+    return float(cfg.hi) if cfg.hi is not None else lm_error_hi(str(cfg.error), vocab_size)
+
+
+def data_fingerprint(data: Tensor) -> str:
+    """Content hash of a token tensor (shape, dtype, values): the 'data identity' of cache keys.
+
+    Cheap for the small held-out slices MRS uses; unlike ``id(tensor)`` it cannot be fooled by
+    a freed tensor's address being reused.
+    """
+    arr = data.detach().to("cpu").contiguous()
+    h = hashlib.sha1(f"{tuple(arr.shape)}|{arr.dtype}".encode())
+    h.update(arr.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _cfg_items(cfg: Any, keys: Sequence[str]) -> tuple[Any, ...]:
+    """Values of ``keys`` in a dataclass or DictConfig, as a hashable tuple."""
+    return tuple((k, getattr(cfg, k)) for k in keys)
+
+
+def _draw_seed(seed: int, draw: int, role: int) -> int:
+    """Independent stream per (seed, draw, role) (numpy SeedSequence); role 0 = the LM part
+    (embedding/decoder), 1 = the cell."""
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(draw), int(role)]).generate_state(2)
+    return (int(state[0]) << 31) ^ int(state[1])  # < 2**63: a valid torch seed
+
+
+# --------------------------------------------------------------------------- cache
+
+
+class MRSCache:
+    """Memo of training-free scores, so identical cells are scored once.
+
+    Keys hold the scorer, the genotype's canonical ``hash()`` (two spellings of one cell share
+    it), every config value that changes the sampled errors (not the threshold: MRS caches the
+    raw errors and re-thresholds them), the model sizes and :func:`data_fingerprint` of the
+    held-out slice. ``hits``/``misses`` count lookups (tests and the bench read them).
+
+    It also keeps, within ``max_draw_bytes``, the genotype-independent weight draws (embedding,
+    decoder) of each MRS draw: they are a deterministic function of (seed, draw index), the same
+    for every cell (common random numbers), so caching them changes speed, never results.
+    """
+
+    def __init__(self, max_items: int = 100_000, max_draw_bytes: int = 256 << 20) -> None:
+        self.max_items = int(max_items)
+        self.max_draw_bytes = int(max_draw_bytes)
+        self.hits = 0
+        self.misses = 0
+        self._items: OrderedDict[tuple, Any] = OrderedDict()
+        self._draws: OrderedDict[tuple, dict[str, Tensor]] = OrderedDict()
+        self._draw_bytes = 0
+        self._shells: dict[tuple, nn.Module] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: tuple) -> Any:
+        """The stored value or None; counts a hit or a miss."""
+        if key in self._items:
+            self.hits += 1
+            self._items.move_to_end(key)
+            return self._items[key]
+        self.misses += 1
+        return None
+
+    def put(self, key: tuple, value: Any) -> None:
+        self._items[key] = value
+        if len(self._items) > self.max_items:
+            self._items.popitem(last=False)
+
+    def draw(self, key: tuple, make: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:
+        """The LM-part draw ``key`` (made by ``make()`` when absent), LRU within the byte budget."""
+        got = self._draws.get(key)
+        if got is not None:
+            self._draws.move_to_end(key)
+            return got
+        got = make()
+        size = sum(t.numel() * t.element_size() for t in got.values())
+        if size <= self.max_draw_bytes:
+            self._draws[key] = got
+            self._draw_bytes += size
+            while self._draw_bytes > self.max_draw_bytes:
+                _, old = self._draws.popitem(last=False)
+                self._draw_bytes -= sum(t.numel() * t.element_size() for t in old.values())
+        return got
+
+
+# --------------------------------------------------------------------------- the scoring LM
+
+
+@dataclass(frozen=True)
+class LMSpec:
+    """How the scoring language model is built (the same model that would be trained)."""
+
+    vocab_size: int
+    emb_size: int
+    hidden_size: int
+    tie_weights: bool = True
+    state_clip: Optional[float] = 25.0
+    init_range: Optional[float] = None  # the model's own init (dist="init", hidden_cov)
+
+
+def _build_lm(genotype: Any, spec: LMSpec, cache: MRSCache | None) -> nn.Module:
+    """RNNLM(embedding -> FixedCell(genotype) -> decoder), without touching torch's global RNG.
+
+    With a cache, the embedding/decoder shell is built once per spec and only the cell is new
+    (building a 10k x 200 embedding costs as much as a forward pass).
+    """
+    # Imported here: enas_rnn.model imports enas_rnn.conf, which imports this module.
+    from enas_rnn.cells import FixedCell
+    from enas_rnn.conf import CoreKind, ModelConfig
+    from enas_rnn.model import RNNLM
+
+    if spec.tie_weights and spec.emb_size != spec.hidden_size:
+        raise ValueError(
+            f"tie_weights=True needs emb_size == hidden_size, got {spec.emb_size} and {spec.hidden_size}"
+        )
+    with torch.random.fork_rng(devices=[]):  # construction draws must not move the caller's RNG
+        cell = FixedCell(genotype, spec.emb_size, spec.hidden_size, state_clip=spec.state_clip)
+        key = ("shell", spec)
+        model = cache._shells.get(key) if cache is not None else None
+        if model is None:
+            mcfg = ModelConfig(
+                core=CoreKind.cell,
+                emb_size=spec.emb_size,
+                hidden_size=spec.hidden_size,
+                num_layers=1,
+                tie_weights=spec.tie_weights,
+                init_range=spec.init_range,
+                state_clip=spec.state_clip,
+            )
+            model = RNNLM(spec.vocab_size, [cell], mcfg)
+            if cache is not None:
+                cache._shells[key] = model
+        else:
+            model.cores[0] = cell
+    return model.eval()
+
+
+def _init_(module: nn.Module, init_range: Optional[float], seed: int, lm_part: bool) -> None:
+    """The model's own initialisation of the LM part or of the cell, seeded (dist="init")."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if not lm_part:
+            if init_range is None:
+                module.reset_parameters()  # FixedCell: U(-1/sqrt(H), 1/sqrt(H)), like nn.LSTM
+            else:
+                for p in module.parameters():
+                    nn.init.uniform_(p, -init_range, init_range)
+            return
+        model = module
+        if model.decoder.weight is not model.embedding.weight:
+            model.decoder.reset_parameters()  # nn.Linear's default, as at construction
+        if init_range is None:  # RNNLM.reset_parameters(None): embedding U(-0.1, 0.1), zero bias
+            nn.init.uniform_(model.embedding.weight, -0.1, 0.1)
+            nn.init.zeros_(model.decoder.bias)
+        else:
+            for p in (model.embedding.weight, model.decoder.weight, model.decoder.bias):
+                nn.init.uniform_(p, -init_range, init_range)
+
+
+def _lm_part_draw(spec: LMSpec, dist: str, scale: float, seed: int) -> dict[str, Tensor]:
+    """Fresh N(0, scale) / U(-scale, scale) draws of the embedding, decoder weight (untied only)
+    and decoder bias, from one seeded generator in a fixed order."""
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[str, Tensor] = {"emb": torch.empty(spec.vocab_size, spec.emb_size)}
+    if not spec.tie_weights:
+        out["dec_w"] = torch.empty(spec.vocab_size, spec.hidden_size)
+    out["dec_b"] = torch.empty(spec.vocab_size)
+    for t in out.values():
+        _draw_(t, dist, scale, gen)
+    return out
+
+
+def _randomize_lm_part_(
+    model: nn.Module, spec: LMSpec, dist: str, scale: float, seed: int, draw: int, cache: MRSCache | None
+) -> None:
+    """Draw the genotype-independent weights (embedding, decoder) of draw number ``draw``."""
+    lm_seed = _draw_seed(seed, draw, 0)
+    with torch.no_grad():
+        if dist == "init":
+            _init_(model, spec.init_range, lm_seed, lm_part=True)
+            return
+        key = ("lm_draw", spec, dist, float(scale), int(seed), int(draw))
+        make = lambda: _lm_part_draw(spec, dist, scale, lm_seed)  # noqa: E731
+        part = cache.draw(key, make) if cache is not None else make()
+        # Copied in (not aliased): the cached draw must survive later in-place inits of the shell.
+        model.embedding.weight.copy_(part["emb"])
+        if not spec.tie_weights:
+            model.decoder.weight.copy_(part["dec_w"])
+        model.decoder.bias.copy_(part["dec_b"])
+
+
+def _randomize_cell_(cell: nn.Module, spec: LMSpec, dist: str, scale: float, seed: int, draw: int) -> None:
+    """Draw all weights of the cell for draw number ``draw`` (its own seeded stream)."""
+    cell_seed = _draw_seed(seed, draw, 1)
+    with torch.no_grad():
+        if dist == "init":
+            _init_(cell, spec.init_range, cell_seed, lm_part=False)
+            return
+        gen = torch.Generator().manual_seed(cell_seed)
+        for p in cell.parameters():
+            _draw_(p, dist, float(scale), gen)
+
+
+def _randomize_lm_(
+    model: nn.Module, spec: LMSpec, dist: str, scale: float, seed: int, draw: int, cache: MRSCache | None
+) -> None:
+    """Draw ALL weights of the scoring LM (``model.cores[0]`` is the cell) for draw ``draw``.
+
+    The LM part and the cell use separate seeded streams (:func:`_draw_seed`), so the embedding
+    and decoder of draw i are the same for every genotype: common random numbers, a variance
+    reduction for *comparing* cells (their errors differ by the cell, not by a luckier
+    embedding), and what lets :class:`MRSCache` reuse the big [V, E] draws and lets
+    :func:`mrs_lm_errors_many` run one decoder GEMM for many cells. Each cell still gets all
+    of its weights redrawn N times, as in the paper.
+    """
+    _randomize_lm_part_(model, spec, dist, scale, seed, draw, cache)
+    _randomize_cell_(model.cores[0], spec, dist, scale, seed, draw)
+
+
+def _check_tokens(data: Tensor, vocab_size: int) -> None:
+    if data.dim() != 2 or data.size(0) < 2:
+        raise ValueError(f"data must be a [T, B] token tensor with T >= 2, got shape {tuple(data.shape)}")
+    if data.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"data must hold integer token ids, got {data.dtype}")
+    if int(data.max()) >= vocab_size or int(data.min()) < 0:
+        raise ValueError(f"token ids must be in [0, {vocab_size}), got [{int(data.min())}, {int(data.max())}]")
+
+
+def _new_cell(genotype: Any, spec: LMSpec, device: torch.device) -> nn.Module:
+    from enas_rnn.cells import FixedCell
+
+    with torch.random.fork_rng(devices=[]):  # construction draws must not move the caller's RNG
+        return FixedCell(genotype, spec.emb_size, spec.hidden_size, state_clip=spec.state_clip).to(device).eval()
+
+
+#: Largest logits tensor (bytes) one batched decoder call may produce; bigger groups are split.
+_MAX_LOGITS_BYTES = 64 << 20
+
+
+def mrs_lm_errors_many(
+    genotypes: Sequence[Any], data: Tensor, spec: LMSpec, cfg: MRSConfig, cache: MRSCache | None = None
+) -> list[tuple[tuple[float, ...], float, bool]]:
+    """``(errors, seconds, cached)`` of each genotype's LM on ``data`` [T, B] (see :func:`mrs_lm_errors`).
+
+    Same draws and errors as scoring the genotypes one by one (up to float round-off of the
+    batched GEMM), but faster: for draw i the embedding/decoder draw is shared by every cell
+    (common random numbers), so the embedded input is computed once and the hidden states of
+    all cells go through ONE decoder GEMM - for a few dozen tokens that GEMM is bound by reading
+    the [V, H] matrix, so batching K cells costs about as much as one. Cells already in
+    ``cache`` (same ``hash()``) and repeats within ``genotypes`` are computed once; ``seconds``
+    is the group's time shared equally by the cells computed.
+    """
+    _validate(cfg)
+    if cfg.error not in ERRORS:
+        raise KeyError(f"unknown error {cfg.error!r}; registered errors: {sorted(ERRORS)}")
+    fp = data_fingerprint(data) if cache is not None else None
+    cfg_key = _cfg_items(cfg, ("samples", "dist", "scale", "error", "seed"))
+    out: list[Optional[tuple[tuple[float, ...], float, bool]]] = [None] * len(genotypes)
+    todo: dict[str, list[int]] = {}  # hash -> positions, in first-seen order
+    keys: dict[str, tuple] = {}
+    for pos, g in enumerate(genotypes):
+        h = g.hash()
+        if h in todo:
+            todo[h].append(pos)
+            continue
+        if cache is not None:
+            keys[h] = ("mrs_lm", h, spec, fp, cfg_key)
+            got = cache.get(keys[h])
+            if got is not None:
+                out[pos] = (got[0], got[1], True)
+                continue
+        todo[h] = [pos]
+    if todo:
+        err = ERRORS[cfg.error].fn
+        inp, tgt = data[:-1], data[1:]  # [T-1, B] each: next-token prediction
+        steps, batch = inp.shape
+        group = max(1, _MAX_LOGITS_BYTES // max(1, steps * batch * spec.vocab_size * 4))
+        hashes = list(todo)
+        for lo in range(0, len(hashes), group):
+            chunk = hashes[lo : lo + group]
+            start = time.perf_counter()
+            first = genotypes[todo[chunk[0]][0]]
+            model = _build_lm(first, spec, cache).to(data.device)
+            cells = [model.cores[0]] + [_new_cell(genotypes[todo[h][0]], spec, data.device) for h in chunk[1:]]
+            errors: list[list[float]] = [[] for _ in chunk]
+            with torch.no_grad():
+                for i in range(int(cfg.samples)):
+                    _randomize_lm_part_(model, spec, str(cfg.dist), float(cfg.scale), int(cfg.seed), i, cache)
+                    x = model.embedding(inp)  # [T-1, B, E], shared by all cells of this draw
+                    hs = []
+                    for cell in cells:
+                        _randomize_cell_(cell, spec, str(cfg.dist), float(cfg.scale), int(cfg.seed), i)
+                        hs.append(cell(x, cell.init_hidden(batch))[0])  # [T-1, B, H]
+                    logits = model.decoder(torch.cat(hs, 1))  # [T-1, K*B, V]: one GEMM for K cells
+                    for k in range(len(cells)):
+                        errors[k].append(float(err(logits[:, k * batch : (k + 1) * batch], tgt)))
+            seconds = (time.perf_counter() - start) / len(chunk)
+            for h, e in zip(chunk, errors):
+                res = (tuple(e), seconds)
+                if cache is not None:
+                    cache.put(keys[h], res)
+                first_pos, *repeats = todo[h]
+                out[first_pos] = (res[0], res[1], False)
+                for pos in repeats:  # a repeat within the call is a cache hit in all but name
+                    out[pos] = (res[0], res[1], True)
+    return out  # type: ignore[return-value]
+
+
+def mrs_lm_errors(
+    genotype: Any, data: Tensor, spec: LMSpec, cfg: MRSConfig, cache: MRSCache | None = None
+) -> tuple[tuple[float, ...], float, bool]:
+    """The N sampled errors of a genotype's LM on ``data`` [T, B]: ``(errors, seconds, cached)``.
+
+    Draw i: all weights redrawn (:func:`_randomize_lm_`), one forward pass from a zero state over
+    ``data[:-1]`` predicting ``data[1:]`` (eval mode, no grad), error ``ERRORS[cfg.error]``.
+    """
+    return mrs_lm_errors_many([genotype], data, spec, cfg, cache)[0]
+
+
+@register_score("mrs_lm")
+def mrs_score_genotype(
+    genotype: Any,
+    data: Tensor,
+    vocab_size: int,
+    cfg: MRSConfig | None = None,
+    emb_size: int = 200,
+    hidden_size: int = 200,
+    tracker: ThresholdTracker | None = None,
+    *,
+    tie_weights: bool = True,
+    state_clip: Optional[float] = 25.0,
+    init_range: Optional[float] = None,
+    cache: MRSCache | None = None,
+) -> MRSResult:
+    """MRS score of a cell's language model on a held-out token slice ``data`` [T, B].
+
+    Pure and seeded: builds ``RNNLM(embedding -> FixedCell(genotype) -> decoder)`` (one layer,
+    ``tie_weights=True`` by default: the ENAS supernet and our search presets tie, Press & Wolf
+    2017, and a tied model has one [V, E] matrix to draw instead of two), draws all weights
+    ``cfg.samples`` times (``cfg.dist``: N(0, scale) as in the paper, U(-scale, scale), or the
+    model's own init) and records the LM error ``cfg.error`` ("ce" or "softmax_mae") of each draw.
+    The truncation range is [cfg.lo, hi] with hi = ``cfg.hi`` or :func:`lm_error_hi`.
+
+    Threshold: ``cfg.threshold_mode="absolute"`` uses ``cfg.threshold`` (the paper); "quantile"
+    uses ``tracker`` (a fresh one if None: this cell's own errors). With a ``cache``, an
+    equivalent genotype (same ``hash()``) is not resampled, and its errors are added to the
+    tracker only the first time (the pool holds distinct cells).
+    """
+    cfg = cfg or MRSConfig(error="ce", threshold_mode="quantile")
+    _check_tokens(data, vocab_size)
+    spec = LMSpec(int(vocab_size), int(emb_size), int(hidden_size), bool(tie_weights), state_clip, init_range)
+    errors, seconds, cached = mrs_lm_errors(genotype, data, spec, cfg, cache)
+    hi = _lm_hi(cfg, spec.vocab_size)
+    if cfg.threshold_mode == "quantile":
+        tracker = tracker if tracker is not None else ThresholdTracker(cfg.quantile)
+        threshold = tracker.threshold(errors)
+        if not cached:
+            tracker.add(errors)
+    else:
+        threshold = cfg.threshold
+    res = score_from_errors(errors, threshold, cfg.lo, hi, cfg.floor)
+    return dataclasses.replace(res, seconds=seconds)
+
+
+# =========================================================================== hidden covariance
+#
+# Serianni & Kalita (ACL 2023, "Training-free Neural Architecture Search for RNNs and
+# Transformers", arXiv:2306.00288; code github.com/aaronserianni/training-free-nas,
+# RNN_metrics.ipynb ``hidden_scores`` / ``jacobian_score``). What their code computes, and we do:
+#
+#   1. the network at its own initialisation (AWD-LSTM's: embedding U(-0.1, 0.1), cell weights
+#      U(-1/sqrt(H), 1/sqrt(H)) - the same as our FixedCell default), seeded, eval mode;
+#   2. one minibatch [T, B] of held-out tokens; the hidden states fed *into* each step,
+#      h_0 (zeros) .. h_{T-1} of the first recurrent layer, stacked ([B, H, T] in their code);
+#   3. a data matrix with one row per hidden unit and one column per (example, step):
+#      [H, B*T]; C = its Pearson correlation matrix [H, H] (np.corrcoef);
+#   4. eigenvalues lambda of C and score = -sum_i [ log(lambda_i + k) + 1 / (lambda_i + k) ],
+#      k = 1e-5 (the formula of Mellor et al.'s 2020 Jacobian-covariance score, applied to
+#      hidden states). Higher is better; log x + 1/x is smallest at x = 1, so the best value,
+#      -H (1 + O(k)), is reached by uncorrelated units (C = I), and correlated units (eigenvalues
+#      far from 1) lower it.
+#
+# Details: C is symmetric, so we use eigvalsh (they use np.linalg.eig) and clip round-off
+# negatives to 0. A hidden unit that is constant over the batch makes C undefined; their
+# pipeline then recorded NaN for the architecture, and so do we (``score = nan``,
+# ``constant_units`` says why); the screener ranks such cells last.
+
+#: Jitter k of the eigenvalue score (authors' value).
+HIDDEN_COV_K: float = 1e-5
+
+
+@dataclass
+class HiddenCovConfig:
+    """Settings of the hidden-covariance score (a Hydra structured config)."""
+
+    seed: int = 0  # seed of the initialisation draw
+    k: float = HIDDEN_COV_K  # jitter added to the eigenvalues (Serianni & Kalita: 1e-5)
+
+
+@dataclass(frozen=True)
+class HiddenCovResult:
+    """Outcome of one hidden-covariance evaluation; ``score`` is higher-is-better (nan if undefined)."""
+
+    score: float
+    n_units: int  # H
+    n_samples: int  # B * T columns of the data matrix
+    constant_units: int  # units with zero variance (score undefined when > 0)
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def hidden_cov_from_corr(corr: Tensor | np.ndarray, k: float = HIDDEN_COV_K) -> float:
+    """-sum_i [log(lambda_i + k) + 1/(lambda_i + k)] over the eigenvalues of a correlation matrix."""
+    c = torch.as_tensor(np.asarray(corr), dtype=torch.float64)
+    if c.dim() != 2 or c.size(0) != c.size(1):
+        raise ValueError(f"need a square correlation matrix, got shape {tuple(c.shape)}")
+    if not bool(torch.isfinite(c).all()):
+        return math.nan
+    lam = torch.linalg.eigvalsh(0.5 * (c + c.T)).clamp(min=0.0) + k  # symmetric: real eigenvalues
+    return float(-(lam.log() + lam.reciprocal()).sum())
+
+
+def hidden_correlation(states: Tensor) -> tuple[Tensor, int]:
+    """Pearson correlation [H, H] of hidden units over samples, and the number of constant units.
+
+    ``states`` [N, ..., H]: every leading index is one sample (e.g. [T, B, H]). Constant units
+    get NaN rows/columns, as np.corrcoef gives.
+    """
+    h = states.size(-1)
+    x = states.reshape(-1, h).double()  # [N, H]: one row per (step, example)
+    x = x - x.mean(0, keepdim=True)
+    cov = x.T @ x / max(x.size(0) - 1, 1)  # [H, H]
+    sd = cov.diagonal().sqrt()
+    constant = int((sd == 0).sum())
+    corr = cov / (sd[:, None] * sd[None, :])  # 0/0 -> nan for constant units
+    return corr.clamp(-1.0, 1.0), constant
+
+
+@register_score("hidden_cov")
+def hidden_cov_score(
+    genotype: Any,
+    data: Tensor,
+    vocab_size: int,
+    cfg: HiddenCovConfig | None = None,
+    emb_size: int = 200,
+    hidden_size: int = 200,
+    tracker: ThresholdTracker | None = None,
+    *,
+    tie_weights: bool = True,
+    state_clip: Optional[float] = 25.0,
+    init_range: Optional[float] = None,
+    cache: MRSCache | None = None,
+) -> HiddenCovResult:
+    """Hidden-covariance score (Serianni & Kalita 2023) of a cell on tokens ``data`` [T, B].
+
+    Same calling convention as :func:`mrs_score_genotype` (``tracker`` is unused; ``cfg`` is a
+    :class:`HiddenCovConfig`, or anything with ``seed``). Only the embedding and the cell matter
+    (the decoder never touches the hidden states), so the decoder is not run.
+    """
+    seed = int(getattr(cfg, "seed", 0)) if cfg is not None else 0
+    k = float(getattr(cfg, "k", HIDDEN_COV_K)) if cfg is not None else HIDDEN_COV_K
+    _check_tokens(data, vocab_size)
+    spec = LMSpec(int(vocab_size), int(emb_size), int(hidden_size), bool(tie_weights), state_clip, init_range)
+    key = None
+    if cache is not None:
+        key = ("hidden_cov", genotype.hash(), spec, data_fingerprint(data), seed, k)
+        got = cache.get(key)
+        if got is not None:
+            return got
+    start = time.perf_counter()
+    model = _build_lm(genotype, spec, cache).to(data.device)
+    with torch.no_grad():
+        _init_(model, spec.init_range, _draw_seed(seed, 0, 0), lm_part=True)
+        cell = model.cores[0]
+        _init_(cell, spec.init_range, _draw_seed(seed, 0, 1), lm_part=False)
+        x = model.embedding(data)  # [T, B, E]
+        out, _ = cell(x, cell.init_hidden(data.size(1)))  # [T, B, H]: h_1 .. h_T
+        # States fed into each step, as the authors record them: h_0 = 0, h_1 .. h_{T-1}.
+        states = torch.cat([torch.zeros_like(out[:1]), out[:-1]], 0)  # [T, B, H]
+        corr, constant = hidden_correlation(states)
+        score = hidden_cov_from_corr(corr, k) if constant == 0 else math.nan
+    res = HiddenCovResult(score, int(hidden_size), int(states.shape[0] * states.shape[1]), constant,
+                          time.perf_counter() - start)
+    if cache is not None:
+        cache.put(key, res)
+    return res
+
+
+# =========================================================================== pre-screening
+
+
+class LMScreener:
+    """``screener(genotypes) -> list[float]``: training-free scores of a search's candidates.
+
+    Scores all candidates on one fixed held-out slice. For MRS in "quantile" mode the threshold
+    is the q-quantile of the errors of this step's (distinct) candidates, plus - when
+    ``pool > 0`` - those of the last ``pool`` distinct cells scored before; every candidate of a
+    step is scored against the same t, so the top-k is a fair comparison. ``pool = 0`` (default)
+    makes the screener stateless apart from its cache, so a resumed search screens exactly as
+    the uninterrupted one. Undefined scores (hidden_cov with a constant unit) become -inf: they
+    rank last and stay valid JSON-able floats in the history.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        data: Tensor,
+        spec: LMSpec,
+        mrs: Any,
+        hidden_cov: Any,
+        pool: int = 0,
+    ) -> None:
+        if name not in ("mrs", "hidden_cov"):
+            raise ValueError(f"unknown screen {name!r}; valid: mrs, hidden_cov")
+        _check_tokens(data, spec.vocab_size)
+        self.name = name
+        self.data = data
+        self.spec = spec
+        self.mrs = mrs
+        self.hidden_cov = hidden_cov
+        self.cache = MRSCache()
+        self.tracker = ThresholdTracker(float(mrs.quantile), window=pool) if pool > 0 else None
+        self.seconds = 0.0  # total scoring time (for cost reports)
+
+    def _kw(self) -> dict[str, Any]:
+        s = self.spec
+        return dict(emb_size=s.emb_size, hidden_size=s.hidden_size, tie_weights=s.tie_weights,
+                    state_clip=s.state_clip, init_range=s.init_range, cache=self.cache)
+
+    def __call__(self, genotypes: Sequence[Any]) -> list[float]:
+        start = time.perf_counter()
+        try:
+            if self.name == "hidden_cov":
+                scores = [
+                    hidden_cov_score(g, self.data, self.spec.vocab_size, self.hidden_cov, **self._kw()).score
+                    for g in genotypes
+                ]
+                return [s if math.isfinite(s) else -math.inf for s in scores]
+            return self._mrs(genotypes)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def _mrs(self, genotypes: Sequence[Any]) -> list[float]:
+        cfg = self.mrs
+        got = mrs_lm_errors_many(genotypes, self.data, self.spec, cfg, self.cache)
+        errs = [e for e, _, _ in got]
+        hi = _lm_hi(cfg, self.spec.vocab_size)
+        if cfg.threshold_mode == "quantile":
+            step = ThresholdTracker(float(cfg.quantile)) if self.tracker is None else self.tracker
+            distinct = {g.hash(): e for g, e in zip(genotypes, errs)}
+            threshold = step.threshold([v for e in distinct.values() for v in e])
+            if self.tracker is not None:
+                for e, _, cached in got:
+                    if not cached:
+                        self.tracker.add(e)
+        else:
+            threshold = float(cfg.threshold)
+        return [score_from_errors(e, threshold, cfg.lo, hi, cfg.floor).score for e in errs]
+
+
+def make_lm_screener(cfg: Any, space: Any, vocab_size: int, valid: Tensor) -> LMScreener:
+    """The pre-screener of a search config (``cfg.screen``), scoring on a fixed validation slice.
+
+    The slice is the first ``screen.bptt`` (default ``data.bptt``) + 1 rows of the first
+    ``screen.batch`` columns of the validation stream: small and fixed, so every candidate of
+    every step is compared on the same tokens and screening stays cheap. The scoring LM has the
+    supernet's sizes, tying, state clip and init range (``cfg.model``).
+    """
+    sc = cfg.screen
+    rows = int(sc.bptt if sc.get("bptt") is not None else cfg.data.bptt) + 1
+    cols = valid.size(1) if sc.get("batch") is None else min(int(sc.batch), valid.size(1))
+    data = valid[:rows, :cols]  # [bptt + 1, batch]
+    m = cfg.model
+    spec = LMSpec(int(vocab_size), int(m.emb_size), int(m.hidden_size), bool(m.tie_weights),
+                  m.state_clip, m.init_range)
+    return LMScreener(str(sc.name), data, spec, sc.mrs, sc.hidden_cov, int(sc.get("pool") or 0))

@@ -23,6 +23,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from enas_rnn.controller import Controller, ControllerConfig
+from enas_rnn.mrs import HiddenCovConfig, MRSConfig  # mrs imports neither search nor conf: no cycle
 from enas_rnn.genotype import Genotype
 from enas_rnn.errors import ConfigError
 
@@ -60,6 +61,15 @@ class ScreenConfig:
     # sampling cost is only the score); "min" gives them the lowest reward of the evaluated ones,
     # teaching the controller to avoid what the score rejects.
     screened_reward: str = "skip"
+    # Scorer settings. MRS for screening: few draws, CE on a tiny slice, and a relative
+    # threshold (an absolute t means nothing for a 10k-word softmax); see conf/screen/mrs.yaml.
+    mrs: MRSConfig = field(
+        default_factory=lambda: MRSConfig(samples=4, error="ce", threshold_mode="quantile", quantile=0.1)
+    )
+    hidden_cov: HiddenCovConfig = field(default_factory=HiddenCovConfig)
+    bptt: Optional[int] = None  # rows of the fixed validation slice scored (None: data.bptt)
+    batch: Optional[int] = None  # its columns, from the validation stream (None: all eval_batch_size)
+    pool: int = 0  # quantile pool: 0 = this step's candidates only (stateless); n > 0: + last n distinct cells
 
 
 @dataclass

@@ -1,0 +1,72 @@
+"""The `enas-mrs` study on the tiny corpus: outputs, correlations, resume, shared-weight ppl."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+
+import enas_rnn.mrs_study as study
+from enas_rnn.errors import ConfigError
+from enas_rnn.mrs_study import run_study
+from enas_rnn.search_run import run_search
+
+from conftest import compose_app
+
+
+def study_cfg(root: Path, *extra: str):
+    return compose_app("mrs", ["experiment=smoke", f"data.root={root}", "device=cpu", *extra])
+
+
+def _check_tables(tables: dict, targets: set[str]) -> None:
+    assert set(tables) == targets
+    for table in tables.values():
+        assert {t["stat"] for t in table} == set(study.STATS)
+        for t in table:
+            for m in ("spearman", "kendall"):
+                v, p = t[m], t[f"{m}_p"]
+                assert math.isnan(v) or -1.0 <= v <= 1.0
+                assert math.isnan(p) or 0.0 <= p <= 1.0
+        computed = [t for t in table if not math.isnan(t["spearman"])]
+        assert computed, "at least some correlations must be defined"
+
+
+def test_smoke_study_writes_everything_and_resumes(tiny_corpus: Path, tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "study"
+    report = run_study(study_cfg(tiny_corpus), out)
+    for name in (study.CSV_NAME, study.PLOT_NAME, study.SUMMARY_NAME):
+        assert (out / name).is_file() and (out / name).stat().st_size > 100
+    rows = list(csv.DictReader((out / study.CSV_NAME).open()))
+    assert len(rows) == report["cells"] == 4 + 1  # 4 sampled + the published lstm cell
+    assert len({r["hash"] for r in rows}) == 5
+    assert {r["name"] for r in rows} >= {"lstm"}
+    assert all(float(r["valid_ppl"]) > 1 for r in rows)
+    assert len({r["mrs_threshold"] for r in rows}) == 1  # one threshold for the whole population
+    assert all(len(r["mrs_samples"].split()) == 4 for r in rows)
+    assert not list(out.glob("runs/*/checkpoints"))
+    _check_tables(report["tables"], {"valid_ppl"})
+    md = (out / study.SUMMARY_NAME).read_text()
+    assert "spearman_p" in md and "kendall" in md
+
+    # Resume: every cell is in the CSV, so nothing is trained again.
+    def boom(*args, **kwargs):
+        raise AssertionError("a finished cell was trained again")
+
+    monkeypatch.setattr(study, "train_cell", boom)
+    again = run_study(study_cfg(tiny_corpus), out)
+    assert again["cells"] == 5
+    assert [r["hash"] for r in csv.DictReader((out / study.CSV_NAME).open())] == [r["hash"] for r in rows]
+
+
+def test_study_reports_shared_weight_ppl_of_a_search(tiny_corpus: Path, tmp_path: Path) -> None:
+    search = tmp_path / "search"
+    run_search(compose_app("search", ["experiment=smoke", f"data.root={tiny_corpus}", "train.progress=false",
+                                      "search.epochs=1"]), search)
+    report = run_study(study_cfg(tiny_corpus, f"search_run={search}", "cells=3", "include_named=false"), tmp_path / "s")
+    _check_tables(report["tables"], {"valid_ppl", "shared_ppl"})
+    rows = list(csv.DictReader((tmp_path / "s" / study.CSV_NAME).open()))
+    assert all(math.isfinite(float(r["shared_ppl"])) for r in rows)
+    with pytest.raises(ConfigError, match="space"):
+        run_study(study_cfg(tiny_corpus, f"search_run={search}", "space=enas", "cells=2"), tmp_path / "e")

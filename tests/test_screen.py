@@ -1,0 +1,90 @@
+"""Training-free pre-screening inside the search (screen=mrs / screen=hidden_cov)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import torch
+
+import enas_rnn.mrs as mrs
+from enas_rnn.genotype import get_named
+from enas_rnn.mrs import LMScreener, LMSpec, MRSConfig, HiddenCovConfig
+from enas_rnn.search import top_k_indices
+from enas_rnn.search_run import run_search
+from enas_rnn.spaces import make_space
+
+from conftest import compose_app
+
+
+def search_cfg(root: Path, *extra: str):
+    return compose_app("search", ["experiment=smoke", f"data.root={root}", "train.progress=false", *extra])
+
+
+def recording(monkeypatch) -> list[list[float]]:
+    """Wraps make_lm_screener so that every call's candidate scores are recorded."""
+    calls: list[list[float]] = []
+    real = mrs.make_lm_screener
+
+    def make(*args, **kwargs):
+        screener = real(*args, **kwargs)
+
+        def record(genotypes):
+            scores = screener(genotypes)
+            calls.append(list(scores))
+            return scores
+
+        return record
+
+    monkeypatch.setattr(mrs, "make_lm_screener", make)
+    return calls
+
+
+@pytest.mark.parametrize("name", ["mrs", "hidden_cov"])
+def test_screened_search_evaluates_exactly_the_top_k(tiny_corpus: Path, tmp_path: Path, monkeypatch, name: str) -> None:
+    calls = recording(monkeypatch)
+    out = tmp_path / "run"
+    metrics = run_search(search_cfg(tiny_corpus, f"screen={name}", "screen.candidates=5", "screen.keep=2"), out)
+    lines = [json.loads(l) for l in (out / "search_history.jsonl").read_text().splitlines()]
+    steps = 2 * 5  # epochs x controller steps
+    assert len(calls) == steps and all(len(c) == 5 for c in calls)
+    assert len(lines) == metrics["children_evaluated"] == steps * 2
+    by_step = defaultdict(list)
+    for l in lines:
+        by_step[l["step"]].append(l)
+    for step, recs in by_step.items():
+        scores = calls[step]
+        assert len(recs) == 2  # exactly `keep` children evaluated per step
+        kept = [scores[i] for i in top_k_indices(scores, 2)]
+        assert sorted(r["screen_score"] for r in recs) == sorted(kept)
+        best_two = sorted((s for s in scores if not math.isnan(s)), reverse=True)[:2]
+        assert sorted(kept, reverse=True) == best_two
+        assert {r["screen_rank"] for r in recs} <= {0, 1}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tb"))
+    acc.Reload()
+    assert {"screen/score_kept", "screen/score_all"} <= set(acc.Tags()["scalars"])
+    assert len(acc.Scalars("screen/score_kept")) == steps
+
+
+def test_screener_is_stateless_and_caches_duplicates() -> None:
+    V = 40
+    data = torch.randint(0, V, (9, 3), generator=torch.Generator().manual_seed(0))
+    spec = LMSpec(V, 16, 16)
+    cfg = MRSConfig(samples=3, error="ce", threshold_mode="quantile", quantile=0.1)
+    space = make_space("lstm", 4)
+    cells = [get_named("lstm")] + [space.sample(i) for i in range(3)] + [get_named("lstm")]
+    s = LMScreener("mrs", data, spec, cfg, HiddenCovConfig())
+    first = s(cells)
+    assert first[0] == first[-1] and s.cache.misses == 4  # the repeat is scored once
+    assert s(cells) == first  # pool=0: the same candidates get the same scores every step
+    assert s.cache.hits == 5 and s.cache.misses == 4  # every candidate of the second step is a hit
+    pooled = LMScreener("mrs", data, spec, cfg, HiddenCovConfig(), pool=10)
+    pooled(cells)
+    assert len(pooled.tracker) == 4  # distinct cells only
+    with pytest.raises(ValueError, match="valid: mrs, hidden_cov"):
+        LMScreener("nope", data, spec, cfg, HiddenCovConfig())
