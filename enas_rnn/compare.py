@@ -33,7 +33,6 @@ import math
 import os
 import re
 import statistics
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -41,7 +40,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from enas_rnn.checkpoint import LAST, checkpoint_dir
+from enas_rnn.checkpoint import LAST, checkpoint_dir, write_text_atomic
 from enas_rnn.conf import CoreKind, Sizing, TrainAppConfig, validate_common
 from enas_rnn.corpus import load_corpus, resolve_root
 from enas_rnn.errors import ConfigError, TrainingDiverged
@@ -257,27 +256,6 @@ def _identity(run_cfg: DictConfig) -> dict[str, Any]:
     return d
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Writes to a temporary sibling, then renames: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, _file_mode())  # mkstemp makes 0600; results are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _file_mode() -> int:
-    """The mode open() gives a new file (0666 less the umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def run_one(spec: RunSpec, folder: Path) -> tuple[dict[str, Any], str]:
     """Trains one run into ``folder`` (or reuses / resumes it); returns its metrics and how it was obtained."""
     identity = _identity(spec.cfg)
@@ -294,7 +272,7 @@ def run_one(spec: RunSpec, folder: Path) -> tuple[dict[str, Any], str]:
         return json.loads((folder / "metrics.json").read_text()), "reused"
     if (folder / DIVERGED).is_file():
         return json.loads((folder / DIVERGED).read_text()), "diverged"
-    write_atomic(recorded, json.dumps(identity, indent=2))
+    write_text_atomic(recorded, json.dumps(identity, indent=2))
     status = "trained"
     run_cfg = spec.cfg.copy()
     if (checkpoint_dir(folder) / LAST).is_file():
@@ -308,7 +286,7 @@ def run_one(spec: RunSpec, folder: Path) -> tuple[dict[str, Any], str]:
         # A cell that diverges is a result, not a crash: record it and compare the rest.
         metrics = {"valid_ppl": math.inf, "test_ppl": math.inf, "num_params": None, "tokens_per_s": None,
                    "wall_s": None, "steps": None, "history": [], "error": str(exc)}
-        write_atomic(folder / DIVERGED, json.dumps(metrics))
+        write_text_atomic(folder / DIVERGED, json.dumps(metrics))
         return metrics, "diverged"
 
 
@@ -519,7 +497,7 @@ def run_compare(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     cell_paths = {}
     for c in cells:  # each run's cell= points at a copy inside the comparison: self-contained folders
         path = run_dir / "cells" / f"{c.label}.json"
-        write_atomic(path, c.genotype.to_json() + "\n")
+        write_text_atomic(path, c.genotype.to_json() + "\n")
         cell_paths[c.label] = str(path.resolve())
     vocab_size = vocab_size_of(cfg.data)
     plan, matchings = plan_runs(cfg, cells, cell_paths, vocab_size)
@@ -565,8 +543,8 @@ def run_compare(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         "runs": rows,
     }
     # Strict JSON: nan (undefined sd or p) and inf (a diverged run) become null.
-    write_atomic(run_dir / "comparison.json", json.dumps(_strict(report), indent=2, allow_nan=False))
-    write_atomic(run_dir / "comparison.md", render_markdown(report))
+    write_text_atomic(run_dir / "comparison.json", json.dumps(_strict(report), indent=2, allow_nan=False))
+    write_text_atomic(run_dir / "comparison.md", render_markdown(report))
     if cfg.plot:
         plot_learning_curves(rows, run_dir / "learning_curves.png")
     return report

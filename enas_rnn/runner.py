@@ -31,6 +31,7 @@ from enas_rnn.checkpoint import (
     save_checkpoint,
     seed_everything,
     set_rng_state,
+    write_text_atomic,
 )
 from enas_rnn.conf import CoreKind, TrainAppConfig, validate_common
 from enas_rnn.corpus import Corpus, batchify, load_corpus, resolve_root
@@ -192,7 +193,7 @@ def train_lm(
         run_name=".",
     )
     writer.close()
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
 
 

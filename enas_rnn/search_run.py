@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -25,7 +23,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from enas_rnn.checkpoint import LAST, checkpoint_dir, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from enas_rnn.checkpoint import (
+    LAST,
+    checkpoint_dir,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+    write_text_atomic,
+)
 from enas_rnn.conf import SearchAppConfig, validate_common
 from enas_rnn.errors import CheckpointError, ConfigError
 from enas_rnn.genotype import Genotype
@@ -65,13 +72,6 @@ def validate_search(cfg: Any) -> None:
         raise ConfigError(f"invalid config value screen.screened_reward={sc.screened_reward!r}: valid values are skip, min")
     if sc.name != "none" and not 1 <= sc.keep <= sc.candidates:
         raise ConfigError(f"screen.keep={sc.keep} must be between 1 and screen.candidates={sc.candidates}")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def make_screener(cfg: Any, space: Any, vocab_size: int, valid: torch.Tensor) -> Optional[Screener]:
@@ -136,7 +136,7 @@ def run_search(cfg: DictConfig, run_dir: str | Path, hook: Optional[Hook] = None
     cfg_dict = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     history_path = run_dir / "search_history.jsonl"
     # Rewrite the history from the checkpoint: lines of an interrupted epoch are dropped and redone.
-    _write_atomic(history_path, "".join(json.dumps(r) + "\n" for r in st.records))
+    write_text_atomic(history_path, "".join(json.dumps(r) + "\n" for r in st.records))
 
     from torch.utils.tensorboard import SummaryWriter
 
@@ -246,8 +246,8 @@ def run_search(cfg: DictConfig, run_dir: str | Path, hook: Optional[Hook] = None
 
     top = derive(model, strategy, splits.valid, cfg, s.derive_samples)
     best_g = Genotype.from_dict(top[0]["genotype"])
-    _write_atomic(run_dir / "best_genotype.json", best_g.to_json() if hasattr(best_g, "to_json") else json.dumps(best_g.to_dict()))
-    _write_atomic(run_dir / "top_genotypes.json", json.dumps(top[: s.top_k], indent=2))
+    write_text_atomic(run_dir / "best_genotype.json", best_g.to_json() + "\n")
+    write_text_atomic(run_dir / "top_genotypes.json", json.dumps(top[: s.top_k], indent=2))
     from enas_rnn.viz import draw_genotype
 
     fig = draw_genotype(best_g, run_dir / "best_genotype.png", title=f"best cell: derive ppl {top[0]['ppl']:.1f}")
@@ -271,7 +271,7 @@ def run_search(cfg: DictConfig, run_dir: str | Path, hook: Optional[Hook] = None
     }
     writer.add_hparams(_flat_hparams(cfg_dict), {"hparam/best_ppl": metrics["best_ppl"]}, run_name=".")
     writer.close()
-    _write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
 
 
