@@ -1,12 +1,14 @@
-"""Structured configs (typed schemas) for every app, registered in Hydra's ConfigStore.
+"""The app schemas: each app's structured config, assembled from its components' own configs.
 
-They live here, not in the entry scripts, because Hydra's joblib/submitit launchers pickle
-classes defined in ``__main__`` by value and break on them (see ARCHITECTURE.md).
+Each component's config lives beside the component (``DataConfig`` in ``corpus.py``,
+``ModelConfig`` in ``model.py``, ``TrainConfig`` in ``train.py``, ...); this module only composes
+them into one schema per app and registers the schemas in Hydra's ConfigStore. They live here, not
+in the entry scripts, because Hydra's joblib/submitit launchers pickle classes defined in
+``__main__`` by value and break on them (see ARCHITECTURE.md).
 
-Each component gets its own small dataclass; the apps compose them. YAML files under ``conf/``
-fill these schemas, so a typo in a key or a value of the wrong type fails before any work
-starts. Value checks that types cannot express (ranges, choices written as strings) are in
-:func:`validate_common`.
+YAML files under ``conf/`` fill these schemas, so a typo in a key or a value of the wrong type
+fails before any work starts. Value checks that types cannot express (ranges, choices written as
+strings) are the ``validate_*`` functions, run by every app before any work.
 """
 
 from __future__ import annotations
@@ -20,69 +22,15 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from enas_rnn.controller import ControllerConfig
+from enas_rnn.corpus import DataConfig
 from enas_rnn.errors import ConfigError
-from enas_rnn.mrs import HiddenCovConfig, MRSConfig
-from enas_rnn.search import ScreenConfig, SearchConfig
+from enas_rnn.model import ModelConfig
+from enas_rnn.scores import SCORES, HiddenCovConfig, MRSConfig
+from enas_rnn.screen import SCREENED_REWARDS, ScreenConfig
+from enas_rnn.search import SearchConfig
 from enas_rnn.spaces import SpaceConfig
-
-
-class CoreKind(str, Enum):
-    """Which recurrent core the language model uses."""
-
-    lstm = "lstm"  # torch.nn.LSTM, the vanilla baseline
-    cell = "cell"  # a genotype executed by enas_rnn.cells.FixedCell
-
-
-@dataclass
-class DataConfig:
-    """Where the corpus lives and how it is cut into batches."""
-
-    name: str = "ptb"
-    # None: $ENAS_RNN_DATA/<name>, then ./data/<name>
-    root: Optional[str] = None
-    download: bool = False  # fetch PTB from its public source when the files are missing
-    batch_size: int = 20
-    eval_batch_size: int = 10
-    test_batch_size: int = 1
-    bptt: int = 35
-    # ENAS / AWD-LSTM random BPTT length with lr scaled by seq_len / bptt (Merity et al. 2018, 4.1)
-    variable_bptt: bool = False
-
-
-@dataclass
-class ModelConfig:
-    """RNNLM: embedding -> recurrent core (one per layer) -> decoder."""
-
-    core: CoreKind = CoreKind.lstm
-    emb_size: int = 200
-    hidden_size: int = 200
-    num_layers: int = 1
-    tie_weights: bool = True  # Press & Wolf 2017; Inan et al. 2017; needs emb_size == hidden_size
-    dropout_emb: float = 0.0  # drops whole words of the embedding matrix (Gal & Ghahramani 2016)
-    dropout_in: float = 0.0  # locked dropout on the embeddings
-    dropout_out: float = 0.0  # locked dropout on every layer's output
-    dropout_h: float = 0.0  # variational dropout on h_{t-1} inside searched cells (ENAS); nn.LSTM ignores it
-    init_range: Optional[float] = None  # uniform(-r, r) for every weight (Zaremba et al. 2014 use 0.05)
-    state_clip: Optional[float] = 25.0  # searched cells only: clamp unbounded operands to ±clip (see cells.py)
-
-
-@dataclass
-class TrainConfig:
-    """The one LM loop: SGD, clipping, BPTT, lr decay, fault handling, checkpoints."""
-
-    lr: float = 20.0
-    epochs: int = 6
-    max_steps: Optional[int] = None  # stop after this many optimiser steps (a budget)
-    clip: float = 0.25
-    weight_decay: float = 0.0
-    lr_decay: float = 1.0  # lr *= lr_decay after every epoch >= decay_start (Zaremba et al. 2014)
-    decay_start: int = 1
-    max_nonfinite: int = 20  # skipped non-finite steps tolerated before the run stops
-    log_every: int = 50  # steps between TensorBoard train scalars
-    eval_every: Optional[int] = None  # steps between mid-epoch validations (learning curves); None: per epoch
-    eval_batches: Optional[int] = None  # cap on validation windows (fast presets); None: the whole split
-    checkpoint_every: Optional[int] = 200  # steps between mid-epoch checkpoints; one is always written per epoch
-    progress: bool = True  # tqdm progress bar
+from enas_rnn.strategies import STRATEGIES
+from enas_rnn.train import TrainConfig
 
 
 @dataclass
@@ -155,6 +103,29 @@ def validate_common(cfg: Any) -> None:
         for key in ("max_steps", "eval_every", "eval_batches", "checkpoint_every"):
             if t[key] is not None:
                 _check(t[key] >= 1, f"train.{key}", t[key], "an integer >= 1 or null")
+
+
+def validate_search(cfg: Any) -> None:
+    """Value checks of the search app (types are checked by the schema)."""
+    validate_common(cfg)
+    s = cfg.search
+    if s.strategy not in STRATEGIES:
+        raise ConfigError(f"invalid config value search.strategy={s.strategy!r}: valid values are {', '.join(STRATEGIES)}")
+    for key in ("epochs", "controller_steps", "children_per_step", "reward_batches", "derive_samples", "derive_batches", "top_k"):
+        if s[key] < (0 if key == "controller_steps" else 1):
+            raise ConfigError(f"invalid config value search.{key}={s[key]!r}: valid values are integers >= 1")
+    if not 0 <= s.baseline_decay < 1:
+        raise ConfigError(f"invalid config value search.baseline_decay={s.baseline_decay!r}: valid values are in [0, 1)")
+    if cfg.model.num_layers != 1:
+        raise ConfigError("the search supernet has one recurrent layer: set model.num_layers=1")
+    sc = cfg.screen
+    if sc.name != "none" and sc.name not in SCORES:
+        raise ConfigError(f"invalid config value screen.name={sc.name!r}: valid values are none, {', '.join(sorted(SCORES))}")
+    if sc.screened_reward not in SCREENED_REWARDS:
+        raise ConfigError(f"invalid config value screen.screened_reward={sc.screened_reward!r}: valid values are "
+                          f"{', '.join(SCREENED_REWARDS)}")
+    if sc.name != "none" and not 1 <= sc.keep <= sc.candidates:
+        raise ConfigError(f"screen.keep={sc.keep} must be between 1 and screen.candidates={sc.candidates}")
 
 
 class Sizing(str, Enum):
@@ -234,13 +205,10 @@ def register_configs() -> None:
 
 
 __all__ = [
-    "CoreKind",
-    "DataConfig",
-    "ModelConfig",
-    "TrainConfig",
     "TrainAppConfig",
     "SearchAppConfig",
     "validate_common",
+    "validate_search",
     "register_configs",
     "MISSING",
 ]

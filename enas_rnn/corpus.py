@@ -20,13 +20,14 @@ import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
 from enas_rnn.errors import UserError
 
 __all__ = [
+    "DataConfig",
     "DataError",
     "Vocabulary",
     "Corpus",
@@ -43,6 +44,22 @@ __all__ = [
     "PTB_FILE_SHA256",
     "download_ptb",
 ]
+
+@dataclass
+class DataConfig:
+    """Where the corpus lives and how it is cut into batches."""
+
+    name: str = "ptb"
+    # None: $ENAS_RNN_DATA/<name>, then ./data/<name>
+    root: Optional[str] = None
+    download: bool = False  # fetch PTB from its public source when the files are missing
+    batch_size: int = 20
+    eval_batch_size: int = 10
+    test_batch_size: int = 1
+    bptt: int = 35
+    # ENAS / AWD-LSTM random BPTT length with lr scaled by seq_len / bptt (Merity et al. 2018, 4.1)
+    variable_bptt: bool = False
+
 
 #: Split names, in the order they are loaded; the files are ``<root>/<split>.txt``.
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
@@ -266,7 +283,7 @@ def load_corpus(root: str | os.PathLike[str], download: bool = False, name: str 
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def batchify(data: torch.Tensor, batch_size: int) -> torch.Tensor:
+def batchify(data: torch.Tensor, batch_size: int, split: str | None = None, key: str = "batch_size") -> torch.Tensor:
     """Cuts a 1-D id stream into ``batch_size`` parallel streams laid out as columns: ``[N] -> [T, B]``.
 
     The tail that does not fill a whole row is dropped (at most ``B - 1`` tokens). Column ``b`` is the
@@ -280,6 +297,8 @@ def batchify(data: torch.Tensor, batch_size: int) -> torch.Tensor:
         t=1   [  b   f   j  ]
         t=2   [  c   g   k  ]
         t=3   [  d   h   l  ]
+
+    ``split`` and ``key`` (the config key of the batch size) only make the error message precise.
     """
     if data.dim() != 1:
         raise ValueError(f"batchify expects a 1-D tensor, got shape {tuple(data.shape)}")
@@ -288,9 +307,10 @@ def batchify(data: torch.Tensor, batch_size: int) -> torch.Tensor:
     n_rows = data.numel() // batch_size
     if n_rows < 2:
         # One input and one target row are the minimum for a single training step.
+        what = f"the {split} split" if split else "the data"
         raise DataError(
-            f"too few tokens to batchify: {data.numel()} tokens with batch_size={batch_size} give {n_rows} "
-            f"time steps, need at least 2 (use a smaller batch size or a larger corpus)"
+            f"{what} is too short: {data.numel()} tokens with {key}={batch_size} give {n_rows} "
+            f"time steps, need at least 2 (lower {key} or use a larger corpus)"
         )
     data = data[: n_rows * batch_size]
     # [B*T] -> [B, T]: row b is stream b; .t() -> [T, B]; contiguous so per-step slices are dense.

@@ -12,12 +12,48 @@ shared supernet) are passed to every core untouched, so the model has no mode fl
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Optional, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from enas_rnn.conf import CoreKind, ModelConfig
+from enas_rnn.cells import CellConfig, build_cell
+from enas_rnn.errors import ConfigError
+from enas_rnn.genotype import Genotype
+from enas_rnn.spaces import SearchSpace
+
+
+class CoreKind(str, Enum):
+    """Which recurrent core the language model uses."""
+
+    lstm = "lstm"  # torch.nn.LSTM, the vanilla baseline
+    cell = "cell"  # a genotype executed by enas_rnn.cells.FixedCell
+
+
+@dataclass
+class ModelConfig:
+    """RNNLM: embedding -> recurrent core (one per layer) -> decoder."""
+
+    core: CoreKind = CoreKind.lstm
+    emb_size: int = 200
+    hidden_size: int = 200
+    num_layers: int = 1
+    tie_weights: bool = True  # Press & Wolf 2017; Inan et al. 2017; needs emb_size == hidden_size
+    dropout_emb: float = 0.0  # drops whole words of the embedding matrix (Gal & Ghahramani 2016)
+    dropout_in: float = 0.0  # locked dropout on the embeddings
+    dropout_out: float = 0.0  # locked dropout on every layer's output
+    dropout_h: float = 0.0  # variational dropout on h_{t-1} inside searched cells (ENAS); nn.LSTM ignores it
+    init_range: Optional[float] = None  # uniform(-r, r) for every weight (Zaremba et al. 2014 use 0.05)
+    state_clip: Optional[float] = 25.0  # searched cells only: clamp unbounded operands to ±clip (see cells.py)
+
+
+def cell_config(cfg: Any) -> CellConfig:
+    """The cell settings a model config implies (``init_range`` is applied by the model to all weights)."""
+    return CellConfig(state_clip=None if cfg.state_clip is None else float(cfg.state_clip),
+                      dropout_h=float(cfg.dropout_h))
+
 
 Hidden = Any  # a tensor or a tuple of tensors, as the core defines it
 
@@ -113,16 +149,17 @@ def detach_hidden(hidden: Hidden) -> Hidden:
     return type(hidden)(detach_hidden(h) for h in hidden)
 
 
-CoreFactory = Callable[[int, int], nn.Module]
-
-
-def build_model(cfg: ModelConfig, vocab_size: int, core_factory: CoreFactory | None = None) -> RNNLM:
-    """Builds an RNNLM. ``core_factory(input_size, hidden_size)`` makes one layer's core; the default
-    is torch.nn.LSTM. Searched cells pass a factory that builds ``FixedCell(genotype, ...)``."""
-    if core_factory is None:
-        if cfg.core != CoreKind.lstm:
-            raise ValueError("model.core=cell needs a core_factory built from a genotype")
-        core_factory = LSTMCore
+def build_model(cfg: Any, vocab_size: int, genotype: Genotype | None = None,
+                space: SearchSpace | None = None) -> RNNLM:
+    """The one factory of language models: nn.LSTM cores (``cfg.core=lstm``), ``FixedCell(genotype)``
+    cores (``cfg.core=cell``), or, with ``space``, the search supernet (one ``SharedCell``)."""
     sizes = [cfg.emb_size] + [cfg.hidden_size] * cfg.num_layers
-    cores = [core_factory(sizes[i], sizes[i + 1]) for i in range(cfg.num_layers)]
+    if space is not None:
+        cores = [build_cell(sizes[i], sizes[i + 1], cell_config(cfg), space=space) for i in range(cfg.num_layers)]
+    elif CoreKind(cfg.core) == CoreKind.lstm:
+        cores = [LSTMCore(sizes[i], sizes[i + 1]) for i in range(cfg.num_layers)]
+    else:
+        if genotype is None:
+            raise ConfigError("model.core=cell needs a genotype: set cell=<name or genotype.json>")
+        cores = [build_cell(sizes[i], sizes[i + 1], cell_config(cfg), genotype=genotype) for i in range(cfg.num_layers)]
     return RNNLM(vocab_size, cores, cfg)

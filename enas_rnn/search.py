@@ -1,4 +1,4 @@
-"""Weight-sharing search: ENAS (REINFORCE controller) and random search, one alternating loop.
+"""Weight-sharing search: the alternating loop of ENAS, read as its phases, and derive.
 
 Each search epoch has two phases (Pham et al. 2018, sec. 2.2):
 
@@ -6,26 +6,64 @@ Each search epoch has two phases (Pham et al. 2018, sec. 2.2):
    (:func:`enas_rnn.train.train_steps`), each BPTT window running a freshly sampled child;
 2. **controller phase**: children are sampled (optionally pre-screened by a training-free score),
    evaluated on validation windows with the shared weights, and the strategy learns from the
-   rewards ``c / ppl``.
+   rewards ``c / ppl``;
 
-Strategies sit behind one small interface (:class:`Strategy`): :class:`ENASStrategy` (REINFORCE
-with an EMA baseline and an entropy bonus) and :class:`RandomStrategy` (Li & Talwalkar 2019,
-random search with weight sharing: uniform sampling, no learning). Everything else — the loop,
-derive, outputs, checkpoints — is shared, so every search result can be compared with random.
+then the end of the epoch (lr decay, best cell so far, checkpoint) and, after the last epoch, the
+outputs: derive (the best of ``derive_samples`` cells on the same validation windows) and files.
+A search folder holds::
+
+    best_genotype.json      the derived cell (a genotype file: enas-train cell=<this file>)
+    best_genotype.png       its picture
+    top_genotypes.json      the top-k derived cells with their shared-weight perplexities
+    search_history.jsonl    one line per evaluated child (step, hash, genotype, ppl, reward, ...)
+    metrics.json            summary numbers
+    checkpoints/last.pt     written at the end of every epoch; resume=<folder> continues
+    tb/                     TensorBoard events
 """
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 import torch
+from omegaconf import OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
 
-from enas_rnn.controller import Controller, ControllerConfig
-from enas_rnn.mrs import HiddenCovConfig, MRSConfig  # mrs imports neither search nor conf: no cycle
+from enas_rnn.checkpoint import (
+    LAST,
+    checkpoint_dir,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+    write_text_atomic,
+)
+from enas_rnn.errors import CheckpointError
 from enas_rnn.genotype import Genotype
-from enas_rnn.errors import ConfigError
+from enas_rnn.model import RNNLM
+from enas_rnn.runs import flat_hparams, load_splits, resolve_device, to_device
+from enas_rnn.screen import make_screener
+from enas_rnn.spaces import space_from_config
+from enas_rnn.strategies import (
+    ReinforceConfig,
+    Strategy,
+    make_strategy,
+    reward_from_ppl,
+    top_k_indices,
+)
+from enas_rnn.supernet import build_supernet, evaluate_cells
+from enas_rnn.train import LoopState, StepResult, perplexity, train_steps
+from enas_rnn.viz import draw_genotype
+
+__all__ = ["SearchConfig", "SearchState", "SearchRun", "derive", "Hook"]
+
+Hook = Callable[[str, int], None]  # (event, counter): lets tests interrupt a run at a chosen point
 
 
 @dataclass
@@ -51,174 +89,6 @@ class SearchConfig:
 
 
 @dataclass
-class ScreenConfig:
-    """Training-free pre-screening of children (see enas_rnn.mrs). ``name=none`` turns it off."""
-
-    name: str = "none"  # none | mrs | hidden_cov
-    candidates: int = 8  # K cells sampled per controller step
-    keep: int = 1  # top k by score evaluated on shared weights
-    # How screened-out candidates enter REINFORCE: "skip" leaves them out of the update (their
-    # sampling cost is only the score); "min" gives them the lowest reward of the evaluated ones,
-    # teaching the controller to avoid what the score rejects.
-    screened_reward: str = "skip"
-    # Scorer settings. MRS for screening: few draws, CE on a tiny slice, and a relative
-    # threshold (an absolute t means nothing for a 10k-word softmax); see conf/screen/mrs.yaml.
-    mrs: MRSConfig = field(
-        default_factory=lambda: MRSConfig(samples=4, error="ce", threshold_mode="quantile", quantile=0.1)
-    )
-    hidden_cov: HiddenCovConfig = field(default_factory=HiddenCovConfig)
-    bptt: Optional[int] = None  # rows of the fixed validation slice scored (None: data.bptt)
-    batch: Optional[int] = None  # its columns, from the validation stream (None: all eval_batch_size)
-    pool: int = 0  # quantile pool: 0 = this step's candidates only (stateless); n > 0: + last n distinct cells
-
-
-@dataclass
-class StepStats:
-    """What one strategy update reports (logged to TensorBoard and search_history.jsonl)."""
-
-    rewards: list[float]
-    advantages: list[float]
-    entropies: list[float]
-    baseline: float
-    loss: float
-
-
-class Strategy:
-    """Proposes cells and learns (or not) from their rewards."""
-
-    def sample_for_training(self) -> Genotype:
-        """One child for one shared-weight training window."""
-        raise NotImplementedError
-
-    def propose(self, n: int) -> tuple[list[Genotype], Any]:
-        """n candidates and whatever the strategy needs to learn from them later."""
-        raise NotImplementedError
-
-    def update(self, genotypes: Sequence[Genotype], handle: Any, keep: Sequence[int], rewards: Sequence[float]) -> StepStats:
-        """Learns from the rewards of the kept candidates (indices into the proposal)."""
-        raise NotImplementedError
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-
-class RandomStrategy(Strategy):
-    """Uniform sampling with weight sharing (Li & Talwalkar 2019): the control experiment."""
-
-    def __init__(self, space: Any, generator: torch.Generator) -> None:
-        self.space = space
-        self.generator = generator
-
-    def sample_for_training(self) -> Genotype:
-        return self.space.sample(self.generator)
-
-    def propose(self, n: int) -> tuple[list[Genotype], Any]:
-        return [self.space.sample(self.generator) for _ in range(n)], None
-
-    def update(self, genotypes, handle, keep, rewards) -> StepStats:
-        return StepStats(list(rewards), [0.0] * len(rewards), [0.0] * len(rewards), 0.0, 0.0)
-
-
-class ENASStrategy(Strategy):
-    """REINFORCE (Williams 1992) on ``c / ppl`` with an EMA baseline and an entropy bonus."""
-
-    def __init__(self, controller: Controller, cfg: SearchConfig, screen: ScreenConfig, generator: torch.Generator) -> None:
-        self.controller = controller
-        self.cfg = cfg
-        self.screen = screen
-        self.generator = generator
-        self.optimizer = torch.optim.Adam(controller.parameters(), lr=cfg.controller_lr)
-        self.baseline: Optional[float] = None
-
-    @torch.no_grad()
-    def sample_for_training(self) -> Genotype:
-        self.controller.eval()
-        return self.controller.sample(1, self.generator).genotypes[0]
-
-    def propose(self, n: int) -> tuple[list[Genotype], Any]:
-        self.controller.train()
-        sample = self.controller.sample(n, self.generator)
-        return sample.genotypes, sample
-
-    def update(self, genotypes, handle, keep, rewards) -> StepStats:
-        sample = handle
-        rewards = list(rewards)
-        idx = list(keep)
-        if self.screen.screened_reward == "min" and len(idx) < len(genotypes):
-            # Screened-out candidates count as no better than the worst evaluated child.
-            worst = min(rewards)
-            rest = [i for i in range(len(genotypes)) if i not in set(idx)]
-            idx += rest
-            rewards += [worst] * len(rest)
-        index = torch.tensor(idx, device=sample.log_prob.device)
-        log_prob = sample.log_prob[index]
-        entropy = sample.entropy[index]
-        # The entropy bonus is part of the reward, as in enas_lm and ENAS-pytorch.
-        reward = torch.tensor(rewards, dtype=log_prob.dtype, device=log_prob.device) + self.cfg.entropy_weight * entropy.detach()
-        mean_reward = float(reward.mean())
-        if self.baseline is None:
-            self.baseline = mean_reward  # start at the first reward instead of 0: no initial bias
-        # Advantage against the baseline *before* this step's rewards enter it.
-        advantage = reward - self.baseline
-        loss = -(log_prob * advantage).mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.controller_clip:
-            torch.nn.utils.clip_grad_norm_(self.controller.parameters(), self.cfg.controller_clip)
-        self.optimizer.step()
-        baseline_used = self.baseline
-        self.baseline = self.cfg.baseline_decay * self.baseline + (1 - self.cfg.baseline_decay) * mean_reward
-        n_eval = len(keep)
-        return StepStats(
-            rewards=reward.tolist()[:n_eval],
-            advantages=advantage.tolist()[:n_eval],
-            entropies=entropy.tolist()[:n_eval],
-            baseline=baseline_used,
-            loss=float(loss.detach()),
-        )
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "controller": self.controller.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "baseline": self.baseline,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.controller.load_state_dict(state["controller"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.baseline = state["baseline"]
-
-
-STRATEGIES = ("enas", "random")
-
-
-def make_strategy(
-    name: str, space: Any, controller_cfg: ControllerConfig, cfg: SearchConfig, screen: ScreenConfig, generator: torch.Generator
-) -> Strategy:
-    """Builds the named strategy; an unknown name lists the valid ones."""
-    if name == "enas":
-        return ENASStrategy(Controller(space, controller_cfg), cfg, screen, generator)
-    if name == "random":
-        return RandomStrategy(space, generator)
-    raise ConfigError(f"invalid config value search.strategy={name!r}: valid values are {', '.join(STRATEGIES)}")
-
-
-def reward_from_ppl(ppl: float, c: float, nonfinite_reward: float) -> float:
-    """``c / ppl``; a diverged child (non-finite ppl) gets the penalty reward instead."""
-    return c / ppl if math.isfinite(ppl) and ppl > 0 else nonfinite_reward
-
-
-def top_k_indices(scores: Sequence[float], k: int) -> list[int]:
-    """Indices of the k highest scores (ties broken by position; NaN ranks last), in proposal order."""
-    order = sorted(range(len(scores)), key=lambda i: (-(scores[i]) if scores[i] == scores[i] else math.inf, i))
-    return sorted(order[:k])
-
-
-@dataclass
 class SearchState:
     """Progress of a search beyond the LM loop's own state; checkpointed every epoch."""
 
@@ -226,3 +96,249 @@ class SearchState:
     controller_step: int = 0
     valid_pos: int = 0  # next validation row for rewards (rotates through the split)
     records: list[dict[str, Any]] = field(default_factory=list)  # one per evaluated child
+
+
+def reinforce_config(cfg: Any) -> ReinforceConfig:
+    """The ENAS strategy's settings out of a search app config."""
+    s = cfg.search
+    return ReinforceConfig(float(s.entropy_weight), float(s.baseline_decay), float(s.controller_lr),
+                           s.controller_clip, str(cfg.screen.screened_reward))
+
+
+class SearchRun:
+    """One search in a run folder: its parts, its state, and its phases.
+
+    ``payload`` is the last checkpoint of an interrupted run (then ``cfg`` is that run's config);
+    the run continues exactly where it stopped.
+    """
+
+    def __init__(self, cfg: Any, run_dir: str | Path, payload: Optional[dict] = None, hook: Optional[Hook] = None) -> None:
+        self.wall_t0 = time.perf_counter()
+        self.cfg, self.hook = cfg, hook
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.device = resolve_device(cfg.device)
+        seed_everything(cfg.seed)
+        self.splits = load_splits(cfg.data, self.device)
+        vocab_size = len(self.splits.corpus.vocab)
+        self.space = space_from_config(cfg.space)
+        self.model = build_supernet(cfg.model, self.space, vocab_size).to(self.device)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.gen = torch.Generator()
+        self.gen.manual_seed(cfg.seed)
+        self.strategy: Strategy = make_strategy(cfg.search.strategy, self.space, cfg.controller, reinforce_config(cfg), self.gen)
+        self.strategy.to(self.device)
+        self.screener = make_screener(cfg, vocab_size, self.splits.valid)
+        self.loop = LoopState(lr=cfg.train.lr)
+        self.loop.bptt_gen.manual_seed(cfg.seed)
+        self.state = SearchState()
+        self.wall_before = 0.0
+        if payload is not None:
+            self._restore(payload)
+        self.cfg_dict = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        self.history_path = self.run_dir / "search_history.jsonl"
+        # Rewrite the history from the checkpoint: lines of an interrupted epoch are dropped and redone.
+        write_text_atomic(self.history_path, "".join(json.dumps(r) + "\n" for r in self.state.records))
+        self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.loop.step if payload is not None else None)
+        s = cfg.search
+        per_epoch = (s.shared_steps or 0) + s.controller_steps
+        self.bar = tqdm(total=s.epochs * per_epoch, initial=self.state.epoch * per_epoch,
+                        disable=not cfg.train.progress, unit="step", leave=False)
+        self.best_ppl = min((r["ppl"] for r in self.state.records), default=math.inf)
+        self.history_file: Any = None
+
+    def _restore(self, payload: dict) -> None:
+        try:
+            self.model.load_state_dict(payload["state_dicts"]["model"])
+            self.optimizer.load_state_dict(payload["state_dicts"]["optimizer"])
+            self.strategy.load_state_dict(payload["state_dicts"]["strategy"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint in {self.run_dir} does not match its config ({exc}): "
+                                  "start a new search") from None
+        self.loop = LoopState.from_dict(payload["loop"])
+        self.loop.hidden = to_device(payload.get("hidden"), self.device)
+        self.state = SearchState(**payload["search"])
+        self.gen.set_state(payload["generator"])
+        set_rng_state(payload["rng"])
+        self.wall_before = payload.get("wall_s", 0.0)
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> dict[str, Any]:
+        """All remaining epochs, then derive and the outputs; returns the metrics."""
+        with open(self.history_path, "a") as self.history_file:
+            while self.state.epoch < self.cfg.search.epochs:
+                self.shared_phase()
+                for _ in range(self.cfg.search.controller_steps):
+                    self.controller_step()
+                self.end_epoch()
+        self.bar.close()
+        return self.write_outputs()
+
+    def shared_phase(self) -> None:
+        """Trains the shared weights for ``search.shared_steps`` windows, a sampled child per window."""
+        cfg, loop = self.cfg, self.loop
+        self.bar.set_description(f"epoch {self.state.epoch} shared | best ppl {self.best_ppl:.1f}")
+        child = lambda: {"genotype": self.strategy.sample_for_training()}  # noqa: E731
+        remaining = cfg.search.shared_steps
+        while remaining is None or remaining > 0:
+            before = loop.step
+            ended = train_steps(self.model, self.optimizer, self.splits.train, loop, cfg.train, cfg.data, remaining,
+                                child, self._shared_step_hook)
+            if remaining is None:
+                break
+            remaining -= loop.step - before
+            if not ended and loop.step == before:
+                break
+
+    def _shared_step_hook(self, ls: LoopState, res: StepResult) -> None:
+        self.bar.update(1)
+        if ls.step % self.cfg.train.log_every == 0 and res.ok:
+            self.writer.add_scalar("shared/train_ppl", perplexity(res.loss), ls.step)
+            self.writer.add_scalar("shared/lr", ls.lr, ls.step)
+            self.writer.add_scalar("shared/tokens_per_s", ls.tokens / max(ls.train_seconds, 1e-9), ls.step)
+        if not res.ok:
+            self.writer.add_scalar("shared/skipped_steps", ls.skipped, ls.step)
+        if self.hook is not None:
+            self.hook("shared_step", ls.step)
+
+    def controller_step(self) -> None:
+        """Proposes children, screens them, evaluates the kept ones on shared weights, updates the strategy."""
+        cfg, s, st = self.cfg, self.cfg.search, self.state
+        self.bar.set_description(f"epoch {st.epoch} controller | best ppl {self.best_ppl:.1f}")
+        n = cfg.screen.candidates if self.screener is not None else s.children_per_step
+        genotypes, handle = self.strategy.propose(n)
+        scores = self.screener(genotypes) if self.screener is not None else None
+        keep = top_k_indices(scores, cfg.screen.keep) if scores is not None else list(range(n))
+        ppls = evaluate_cells(self.model, [genotypes[i] for i in keep], self.splits.valid, cfg.data.bptt,
+                              s.reward_batches, st.valid_pos)
+        rewards = [reward_from_ppl(p, s.reward_c, s.nonfinite_reward) for p in ppls]
+        stats = self.strategy.update(genotypes, handle, keep, rewards)
+        st.valid_pos += s.reward_batches * cfg.data.bptt
+        if st.valid_pos >= self.splits.valid.size(0) - 1:
+            st.valid_pos = 0
+        for j, i in enumerate(keep):
+            g = genotypes[i]
+            rec = {
+                "step": st.controller_step, "epoch": st.epoch, "shared_step": self.loop.step,
+                "hash": g.hash(), "genotype": g.to_dict(), "ppl": ppls[j], "reward": stats.rewards[j],
+                "baseline": stats.baseline, "advantage": stats.advantages[j], "entropy": stats.entropies[j],
+                "diverged": not math.isfinite(ppls[j]),
+            }
+            if scores is not None:
+                rec["screen_score"] = scores[i]
+                rec["screen_rank"] = sorted(scores, reverse=True).index(scores[i])
+            st.records.append(rec)
+            self.history_file.write(json.dumps(rec) + "\n")
+            self.best_ppl = min(self.best_ppl, ppls[j])
+        self._log_controller(st.controller_step, ppls, stats, scores, keep)
+        st.controller_step += 1
+        self.bar.update(1)
+        if self.hook is not None:
+            self.hook("controller_step", st.controller_step)
+
+    def _log_controller(self, k: int, ppls: list[float], stats: Any, scores: Optional[list[float]], keep: list[int]) -> None:
+        w = self.writer
+        finite = [p for p in ppls if math.isfinite(p)]
+        if finite:
+            w.add_scalar("controller/child_valid_ppl", sum(finite) / len(finite), k)
+        w.add_scalar("controller/reward", sum(stats.rewards) / len(stats.rewards), k)
+        w.add_scalar("controller/baseline", stats.baseline, k)
+        w.add_scalar("controller/advantage", sum(stats.advantages) / len(stats.advantages), k)
+        w.add_scalar("controller/entropy", sum(stats.entropies) / len(stats.entropies), k)
+        w.add_scalar("controller/loss", stats.loss, k)
+        if scores is not None:
+            w.add_scalar("screen/score_kept", sum(scores[i] for i in keep) / len(keep), k)
+            w.add_scalar("screen/score_all", sum(scores) / len(scores), k)
+
+    def end_epoch(self) -> None:
+        """lr decay, the epoch's best cell to TensorBoard, and a checkpoint."""
+        cfg, st, loop = self.cfg, self.state, self.loop
+        st.epoch += 1
+        if st.epoch >= cfg.train.decay_start:
+            loop.lr *= cfg.train.lr_decay
+        epoch_recs = [r for r in st.records if r["epoch"] == st.epoch - 1 and math.isfinite(r["ppl"])]
+        if epoch_recs:
+            best = min(epoch_recs, key=lambda r: r["ppl"])
+            _log_cell(self.writer, "search/epoch_best_cell", Genotype.from_dict(best["genotype"]), best["ppl"], st.epoch)
+        self.history_file.flush()
+        save_checkpoint(
+            checkpoint_dir(self.run_dir) / LAST,
+            {
+                "config": self.cfg_dict,
+                "step": loop.step,
+                "state_dicts": {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                                "strategy": self.strategy.state_dict()},
+                "loop": loop.to_dict(),
+                "hidden": loop.hidden,
+                "search": {"epoch": st.epoch, "controller_step": st.controller_step, "valid_pos": st.valid_pos,
+                           "records": st.records},
+                "generator": self.gen.get_state(),
+                "rng": rng_state(),
+                "wall_s": self.wall_before + time.perf_counter() - self.wall_t0,
+            },
+        )
+        if self.hook is not None:
+            self.hook("epoch", st.epoch)
+
+    def write_outputs(self) -> dict[str, Any]:
+        """Derive, then best_genotype.{json,png}, top_genotypes.json, metrics.json and TensorBoard's summary."""
+        cfg, s, st, loop = self.cfg, self.cfg.search, self.state, self.loop
+        top = derive(self.model, self.strategy, self.splits.valid, cfg, s.derive_samples)
+        best_g = Genotype.from_dict(top[0]["genotype"])
+        write_text_atomic(self.run_dir / "best_genotype.json", best_g.to_json() + "\n")
+        write_text_atomic(self.run_dir / "top_genotypes.json", json.dumps(top[: s.top_k], indent=2))
+        fig = draw_genotype(best_g, self.run_dir / "best_genotype.png", title=f"best cell: derive ppl {top[0]['ppl']:.1f}")
+        self.writer.add_figure("search/best_cell", fig, st.controller_step)
+        self.writer.add_text("search/best_genotype", "```\n" + json.dumps(best_g.to_dict(), indent=1) + "\n```",
+                             st.controller_step)
+        metrics = {
+            "strategy": s.strategy,
+            "space": cfg.space.name,
+            "best_ppl": top[0]["ppl"],
+            "best_hash": top[0]["hash"],
+            "epochs": st.epoch,
+            "controller_steps": st.controller_step,
+            "shared_steps": loop.step,
+            "children_evaluated": len(st.records),
+            "diverged_children": sum(r["diverged"] for r in st.records),
+            "skipped_shared_steps": loop.skipped,
+            "tokens_per_s": loop.tokens / loop.train_seconds if loop.train_seconds > 0 else 0.0,
+            "wall_s": self.wall_before + time.perf_counter() - self.wall_t0,
+            "device": str(self.device),
+        }
+        self.writer.add_hparams(flat_hparams(self.cfg_dict), {"hparam/best_ppl": metrics["best_ppl"]}, run_name=".")
+        self.writer.close()
+        write_text_atomic(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
+        return metrics
+
+
+@torch.no_grad()
+def derive(model: RNNLM, strategy: Strategy, valid: torch.Tensor, cfg: Any, n: int) -> list[dict[str, Any]]:
+    """Samples n cells, evaluates each distinct one on the *same* first ``derive_batches``
+    validation windows with the shared weights, and ranks them (best first).
+
+    Every candidate sees the same windows, unlike ENAS-pytorch's derive, which compared cells on
+    different single batches."""
+    genotypes, _ = strategy.propose(n)
+    seen: dict[str, dict[str, Any]] = {}
+    todo: list[Genotype] = []
+    for g in genotypes:
+        h = g.hash()
+        if h in seen:
+            seen[h]["count"] += 1
+            continue
+        # Keep the spelling that was evaluated: on shared weights, node numbers and operand slots
+        # pick weight rows, so the canonical respelling of a cell is a different supernet child.
+        seen[h] = {"hash": h, "ppl": math.nan, "count": 1, "genotype": g.to_dict()}
+        todo.append(g)
+    for g, ppl in zip(todo, evaluate_cells(model, todo, valid, cfg.data.bptt, cfg.search.derive_batches, 0)):
+        seen[g.hash()]["ppl"] = ppl
+    ranked = sorted(seen.values(), key=lambda r: (r["ppl"], r["hash"]))
+    for rank, r in enumerate(ranked):
+        r["rank"] = rank + 1
+    return ranked
+
+
+def _log_cell(writer: Any, tag: str, g: Genotype, ppl: float, step: int) -> None:
+    writer.add_figure(tag, draw_genotype(g, None, title=f"{tag.split('/')[-1]}: ppl {ppl:.1f}"), step)
+    writer.add_text(tag + "_json", "```\n" + json.dumps(g.to_dict()) + "\n```", step)

@@ -1,4 +1,4 @@
-"""Small, crash-free statistics helpers and a markdown table writer.
+"""Small, crash-free statistics helpers (correlations, mean +- sd, Welch's t-test) and a markdown table writer.
 
 The correlation functions wrap :mod:`scipy.stats` but give a defined answer
 where scipy warns, raises or returns something surprising:
@@ -18,9 +18,10 @@ architectures.
 from __future__ import annotations
 
 import math
+import statistics
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 from scipy import stats as _st
@@ -32,6 +33,8 @@ __all__ = [
     "CORRELATIONS",
     "correlation_table",
     "to_markdown",
+    "mean_sd",
+    "welch_p",
 ]
 
 _NAN_PAIR: tuple[float, float] = (math.nan, math.nan)
@@ -177,3 +180,23 @@ def to_markdown(
             line([v.rjust(w) if num else v.ljust(w) for v, w, num in zip(row, widths, numeric)])
         )
     return "\n".join(out) + "\n"
+
+
+def mean_sd(values: Sequence[Optional[float]]) -> tuple[float, float]:
+    """Mean and sample sd (n - 1); sd is nan for one value; inf values propagate (a diverged run)."""
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return math.nan, math.nan
+    if any(math.isinf(v) for v in vals):
+        return math.inf, math.nan
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else math.nan)
+
+
+def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided Welch t-test p-value (unequal variances); nan when undefined (n < 2, constant, inf)."""
+    xs, ys = [float(v) for v in a], [float(v) for v in b]
+    if len(xs) < 2 or len(ys) < 2 or not all(math.isfinite(v) for v in xs + ys):
+        return math.nan
+    if statistics.pstdev(xs) == 0 and statistics.pstdev(ys) == 0:
+        return math.nan
+    return float(_st.ttest_ind(xs, ys, equal_var=False).pvalue)

@@ -22,12 +22,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from enas_rnn.conf import DataConfig, TrainConfig
-from enas_rnn.corpus import get_batch, sample_seq_len
+from enas_rnn.corpus import DataConfig, get_batch, sample_seq_len
 from enas_rnn.errors import TrainingDiverged
 from enas_rnn.model import Hidden, detach_hidden
 
 CoreKwargsFn = Callable[[], dict[str, Any]]
+
+
+@dataclass
+class TrainConfig:
+    """The one LM loop: SGD, clipping, BPTT, lr decay, fault handling, checkpoints."""
+
+    lr: float = 20.0
+    epochs: int = 6
+    max_steps: Optional[int] = None  # stop after this many optimiser steps (a budget)
+    clip: float = 0.25
+    weight_decay: float = 0.0
+    lr_decay: float = 1.0  # lr *= lr_decay after every epoch >= decay_start (Zaremba et al. 2014)
+    decay_start: int = 1
+    max_nonfinite: int = 20  # skipped non-finite steps tolerated before the run stops
+    log_every: int = 50  # steps between TensorBoard train scalars
+    eval_every: Optional[int] = None  # steps between mid-epoch validations (learning curves); None: per epoch
+    eval_batches: Optional[int] = None  # cap on validation windows (fast presets); None: the whole split
+    checkpoint_every: Optional[int] = 200  # steps between mid-epoch checkpoints; one is always written per epoch
+    progress: bool = True  # tqdm progress bar
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Draw a genotype as an image (matplotlib only, Agg backend; no graphviz).
 
+The space says what to draw (``graph``: boxes and labelled edges); this module lays it out.
 Layout: a simple layered drawing, left to right. Column 0 holds the inputs
 (``x_t, h_{t-1}`` and, for the lstm space, ``c_{t-1}``); a live node sits in column
 ``depth`` = longest path from the inputs; the outputs take the last column. Edges carry
@@ -14,15 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-matplotlib.use("Agg")  # headless: render to files only
-
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
-
-from enas_rnn.genotype import ENASNode, Genotype, LSTMNode, node_ref, parse_node_ref  # noqa: E402
+from enas_rnn.genotype import Genotype, parse_node_ref
 
 __all__ = ["draw_genotype"]
 
@@ -55,41 +52,18 @@ class _Edge:
 
 
 def _graph(g: Genotype) -> tuple[dict[str, _Box], list[_Edge]]:
-    """Boxes (inputs, live nodes, outputs) with columns, and labelled edges."""
-    boxes: dict[str, _Box] = {"xh": _Box("xh", "x_t, h_{t-1}", "input", 0)}
-    edges: list[_Edge] = []
-    depth = {"xh": 0, "c": 0}
-    if g.space == "lstm":
-        boxes["c"] = _Box("c", "c_{t-1}", "input", 0)
-        for i in g.live_nodes():
-            node = g.nodes[i - 1]
-            assert isinstance(node, LSTMNode)
-            ref = node_ref(i)
-            depth[ref] = 1 + max(depth[o.source] for o in node.inputs)
-            boxes[ref] = _Box(ref, f"{ref}\n{_OP_LABEL[node.op]} ({node.op})", "node", depth[ref])
-            for o in node.inputs:
-                label = _ACT_LABEL[o.act] + ("(W·)" if o.source == "xh" else "")
-                edges.append(_Edge(o.source, ref, label, _ACT_COLORS[o.act]))
-        last = 1 + max(depth[node_ref(i)] for i in g.live_nodes())
-        for out in ("h", "c"):
-            key = f"out_{out}"
-            boxes[key] = _Box(key, f"{out}_t", "output", last)
-            edges.append(_Edge(g.outputs[out], key, "", "#888888"))
-    else:
-        for i, node in enumerate(g.nodes, start=1):
-            assert isinstance(node, ENASNode)
-            ref = node_ref(i)
-            depth[ref] = 1 + depth[node.input]
-            title = f"{ref}\nhighway" if i == 1 else ref
-            boxes[ref] = _Box(ref, title, "node", depth[ref])
-            edges.append(_Edge(node.input, ref, _ACT_LABEL[node.act], _ACT_COLORS[node.act]))
-        last = 1 + max(depth.values())
-        boxes["avg"] = _Box("avg", "mean", "avg", last)
-        boxes["out_h"] = _Box("out_h", "h_t", "output", last + 1)
-        for i in g.loose_ends():
-            edges.append(_Edge(node_ref(i), "avg", "", "#888888"))
-        edges.append(_Edge("avg", "out_h", "", "#888888"))
-    return boxes, edges
+    """Boxes (inputs, live nodes, outputs) with columns, and labelled edges, as the space draws them."""
+    boxes, edges = g.kind.graph(g)
+    label = {act: _ACT_LABEL[act] for act in _ACT_LABEL}
+    out_boxes = {b.key: _Box(b.key, b.label, b.kind, b.col) for b in boxes}
+    out_edges = []
+    for e in edges:
+        text = e.label
+        for act, short in label.items():  # the space names activations; the picture abbreviates them
+            if text.startswith(act):
+                text = short + text[len(act):].replace(" (W·)", "(W·)")
+        out_edges.append(_Edge(e.src, e.dst, text, _ACT_COLORS.get(e.act or "", "#888888")))
+    return out_boxes, out_edges
 
 
 def _assign_rows(boxes: dict[str, _Box], edges: list[_Edge]) -> int:
@@ -127,7 +101,10 @@ def draw_genotype(genotype: Genotype, path: str | Path | None = None, title: str
     span_x = (ncols - 1) * x_gap + 2 * box_w
     span_y = (tallest - 1) * y_gap + 2.8 * box_h
     scale = 0.85  # inches per data unit
-    fig, ax = plt.subplots(figsize=(max(6.0, span_x * scale), max(2.8, span_y * scale + 0.9)), dpi=110)
+    # A Figure without pyplot: no global figure registry to leak into during long searches.
+    fig = Figure(figsize=(max(6.0, span_x * scale), max(2.8, span_y * scale + 0.9)), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
     ax.set_axis_off()
 
     def center(b: _Box) -> tuple[float, float]:
@@ -213,12 +190,7 @@ def draw_genotype(genotype: Genotype, path: str | Path | None = None, title: str
         name = genotype.name or "cell"
         title = f"{name}  ({genotype.space} space, {len(genotype.live_nodes())} live nodes, {genotype.hash()})"
     ax.set_title(title, fontsize=10)
-    note = (
-        "edge label: activation; (W·) = own affine map of [x_t, h_{t-1}]"
-        if genotype.space == "lstm"
-        else "edge label: f in s_l = s_j + σ(c)·(f(h~) − s_j); h_t = mean of loose ends"
-    )
-    fig.text(0.5, 0.02, note, ha="center", fontsize=8, color="#444444")
+    fig.text(0.5, 0.02, genotype.kind.picture_note, ha="center", fontsize=8, color="#444444")
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     if path is not None:
         fig.savefig(path, bbox_inches="tight")

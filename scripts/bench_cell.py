@@ -23,9 +23,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from enas_rnn.cells import FixedCell, SharedCell, copy_from_nn_lstm
+from enas_rnn.cells import FixedCell, SharedCell
 from enas_rnn.genotype import get_named
 from enas_rnn.spaces import make_space
+from enas_rnn.spaces.lstm import copy_from_nn_lstm
 
 
 def _sync(device: torch.device) -> None:

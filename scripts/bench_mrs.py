@@ -33,15 +33,22 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from hydra import compose, initialize_config_dir
+
+from enas_rnn.apps.mrs import make_train_config, scoring_slice
+from enas_rnn.apps.train import build_lm
+from enas_rnn.conf import register_configs
+from enas_rnn.runs import load_splits
+from enas_rnn.scores.lm import ScoreCache, mrs_score_genotype
+from enas_rnn.screen import make_screener
+from enas_rnn.spaces import make_space
+from enas_rnn.supernet import build_supernet
+from enas_rnn.train import LoopState, evaluate, train_steps
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _compose(name: str, overrides: list[str]) -> Any:
-    from hydra import compose, initialize_config_dir
-
-    from enas_rnn.conf import register_configs
-
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return compose(config_name=name, overrides=overrides)
@@ -68,14 +75,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from enas_rnn.cells import SharedCell
-    from enas_rnn.mrs import MRSCache, make_lm_screener, mrs_score_genotype
-    from enas_rnn.model import RNNLM
-    from enas_rnn.mrs_study import make_train_config, scoring_slice
-    from enas_rnn.runner import build_lm, load_splits
-    from enas_rnn.spaces import make_space
-    from enas_rnn.train import LoopState, evaluate, train_steps
-
     root = [f"data.root={args.data_root}"] if args.data_root else []
     scfg = _compose("search", [f"experiment={args.search_preset}", f"space={args.space}", "screen=mrs", *root])
     mcfg = _compose("mrs", ["experiment=small", f"space={args.space}", *root])
@@ -89,8 +88,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # The supernet of the search preset (untrained weights cost the same to evaluate).
     m = scfg.model
     with torch.random.fork_rng():
-        shared = SharedCell(space, m.emb_size, m.hidden_size, state_clip=m.state_clip)
-        supernet = RNNLM(vocab, [shared], m).eval()
+        supernet = build_supernet(m, space, vocab).eval()
     sc = scfg.screen
     screen_slice = scoring_slice(splits.valid, sc.bptt or scfg.data.bptt, sc.batch)
     hc_slice = scoring_slice(splits.valid, scfg.data.bptt, None)  # conf/screen/hidden_cov.yaml
@@ -102,10 +100,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # The scorers as the search and the study use them: one cache per run, warmed on a throwaway
     # cell, so the embedding/decoder shell and the genotype-independent draws are reused, while
     # every timed cell is new (a cache miss: all N draws of its own weights and forward passes).
-    screen_mrs = make_lm_screener(scfg, space, vocab, splits.valid)
+    screen_mrs = make_screener(scfg, vocab, splits.valid)
     hcfg = _compose("search", [f"experiment={args.search_preset}", f"space={args.space}", "screen=hidden_cov", *root])
-    screen_hc = make_lm_screener(hcfg, space, vocab, splits.valid)
-    study_cache = MRSCache()
+    screen_hc = make_screener(hcfg, vocab, splits.valid)
+    study_cache = ScoreCache()
     warm = space.sample(torch.Generator().manual_seed(10_000))
     screen_mrs([warm]), screen_hc([warm])
     mrs_score_genotype(warm, study_slice, vocab, mcfg.mrs, cache=study_cache, **kw_study)

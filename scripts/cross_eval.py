@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
-
+from enas_rnn.apps.search import load_supernet
 from enas_rnn.genotype import load_genotype
-from enas_rnn.search_run import load_supernet
-from enas_rnn.train import evaluate, perplexity
+from enas_rnn.supernet import evaluate_cells
 
 
 def main() -> None:
@@ -32,9 +30,8 @@ def main() -> None:
     for run in args.runs:
         model, cfg, splits = load_supernet(run)
         n = args.batches or cfg.search.derive_batches
-        for name, g in cells:
-            loss = evaluate(model, splits.valid, cfg.data.bptt, n, 0, genotype=g)
-            ppl = perplexity(loss) if math.isfinite(loss) else math.inf
+        ppls = evaluate_cells(model, [g for _, g in cells], splits.valid, cfg.data.bptt, n)
+        for (name, g), ppl in zip(cells, ppls):
             results.append({"supernet": run, "cell": name, "hash": g.hash(), "ppl": ppl})
             print(json.dumps(results[-1]))
 

@@ -15,10 +15,24 @@ import sys
 from pathlib import Path
 
 try:
-    from enas_rnn.corpus import PTB_FILE_SHA256, PTB_MD5, PTB_SHA256, PTB_URL, DataError, download_ptb
+    from enas_rnn.corpus import (
+        PTB_FILE_SHA256,
+        PTB_MD5,
+        PTB_SHA256,
+        PTB_URL,
+        DataError,
+        download_ptb,
+    )
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from enas_rnn.corpus import PTB_FILE_SHA256, PTB_MD5, PTB_SHA256, PTB_URL, DataError, download_ptb
+    from enas_rnn.corpus import (
+        PTB_FILE_SHA256,
+        PTB_MD5,
+        PTB_SHA256,
+        PTB_URL,
+        DataError,
+        download_ptb,
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -57,7 +57,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from enas_rnn.mrs import MRSConfig, mrs_score_regression
+from enas_rnn.scores.mrs import MRSConfig, mrs_score_regression
 from enas_rnn.stats import pearson, spearman, to_markdown
 
 # Published numbers. Source: Camero, Toutouh & Alba (2018), MRS extended to

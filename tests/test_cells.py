@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 from torch import nn
 
-from enas_rnn.cells import CellConfig, FixedCell, SharedCell, copy_from_nn_lstm, make_cell
+from enas_rnn.cells import CellConfig, FixedCell, SharedCell, build_cell
 from enas_rnn.genotype import Genotype, GenotypeError, get_named
-from enas_rnn.spaces import make_space
+from enas_rnn.spaces import ENASSpace, make_space
+from enas_rnn.spaces.lstm import copy_from_nn_lstm
 
 E, H, B = 6, 8, 3  # E != H catches transposed weights
 
@@ -74,7 +77,7 @@ def reference(cell, g: Genotype, x: torch.Tensor, hidden) -> tuple[torch.Tensor,
             pre = s[j] @ cell.w_edge[:, :, r, :].reshape(H, 2 * H)
             gate, cand = pre[:, :H], pre[:, H:]
             s[l] = s[j] + torch.sigmoid(gate) * (_ref_act(g.nodes[l - 1].act, cand, clip) - s[j])
-        h = torch.stack([s[i] for i in g.loose_ends()]).mean(0)
+        h = torch.stack([s[i] for i in ENASSpace.loose_ends(g)]).mean(0)
         outs.append(h)
     return torch.stack(outs), (h, c)
 
@@ -399,7 +402,7 @@ def test_errors_are_clear():
     fixed(x, None, get_named("lstm"))  # its own genotype is fine
     with pytest.raises(ValueError, match=r"\[T, B, 6\]"):
         fixed(torch.zeros(2, 3, E + 1), None)
-    with pytest.raises(ValueError, match="unknown search space"):
+    with pytest.raises(ValueError, match="space.name=.gru."):
         SharedCell("gru", E, H)
     with pytest.raises(ValueError, match="state_clip"):
         FixedCell(get_named("lstm"), E, H, state_clip=0.0)
@@ -411,16 +414,14 @@ def test_plans_are_cached_per_genotype():
     assert cell.plan(g) is cell.plan(Genotype.from_dict(g.to_dict()))
 
 
-def test_cell_config_and_make_cell():
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.structured(CellConfig)
-    assert cfg.state_clip == 25.0 and cfg.dropout_h == 0.0 and cfg.compile is False
-    cfg.state_clip = None
-    cell = make_cell("lstm", E, H, config=cfg)
-    assert isinstance(cell, SharedCell) and cell.state_clip is None
-    fixed = make_cell("lstm", E, H, genotype=get_named("lstm"), config=CellConfig(dropout_h=0.1))
-    assert isinstance(fixed, FixedCell) and fixed.dropout_h == 0.1
+def test_cell_config_and_build_cell():
+    cfg = CellConfig(state_clip=None)
+    cell = build_cell(E, H, cfg, space=make_space("lstm", 8))
+    assert isinstance(cell, SharedCell) and cell.state_clip is None and cell.num_nodes == 8
+    fixed = build_cell(E, H, CellConfig(dropout_h=0.1), genotype=get_named("lstm"))
+    assert isinstance(fixed, FixedCell) and fixed.dropout_h == 0.1 and fixed.state_clip == 25.0
+    with pytest.raises(ValueError, match="exactly one"):
+        build_cell(E, H, cfg)
 
 
 def test_state_dict_round_trip_and_weights_only_load(tmp_path):
@@ -464,11 +465,6 @@ def test_compiled_fixed_cell_matches_eager():
 def test_training_steps_do_not_leak_tensors() -> None:
     """The deferred weight-gradient tape must not form a reference cycle with the graph
     (a cycle through autograd's C++ nodes is never collected: memory grew ~30 MB/s in a search)."""
-    import gc
-
-    from enas_rnn.cells import SharedCell
-    from enas_rnn.spaces import make_space
-
     torch.manual_seed(0)
     space = make_space("lstm", 6)
     cell = SharedCell(space, 8, 8)

@@ -12,23 +12,21 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO, compose_app
 
-from enas_rnn.compare import (
+from enas_rnn.apps.compare import (
     BASELINE,
     count_lm_parameters,
     make_run_config,
     match_hidden_size,
-    mean_sd,
     run_compare,
     summarize,
-    welch_p,
 )
-from enas_rnn.conf import CoreKind
 from enas_rnn.errors import ConfigError
 from enas_rnn.genotype import GenotypeError
+from enas_rnn.model import CoreKind
 from enas_rnn.spaces import make_space
-
-from conftest import REPO, compose_app
+from enas_rnn.stats import mean_sd, welch_p
 
 pytest.importorskip("enas_rnn.cells")
 

@@ -6,8 +6,13 @@ import pytest
 import torch
 
 from enas_rnn.controller import Controller, ControllerConfig
-from enas_rnn.search import ENASStrategy, RandomStrategy, ScreenConfig, SearchConfig, top_k_indices
 from enas_rnn.spaces import make_space
+from enas_rnn.strategies import (
+    ENASStrategy,
+    RandomStrategy,
+    ReinforceConfig,
+    top_k_indices,
+)
 
 
 @pytest.mark.parametrize("space_name", ["lstm", "enas"])
@@ -48,8 +53,8 @@ def test_reinforce_learns_a_toy_reward(space_name: str) -> None:
     """Reward = share of tanh activations: uniform sampling gives ~0.25; the policy must climb."""
     torch.manual_seed(0)
     space = make_space(space_name, 4)
-    cfg = SearchConfig(controller_lr=0.02, entropy_weight=0.0, baseline_decay=0.9)
-    strat = ENASStrategy(Controller(space, ControllerConfig(hidden_size=32)), cfg, ScreenConfig(), torch.Generator().manual_seed(0))
+    cfg = ReinforceConfig(controller_lr=0.02, entropy_weight=0.0, baseline_decay=0.9)
+    strat = ENASStrategy(Controller(space, ControllerConfig(hidden_size=32)), cfg, torch.Generator().manual_seed(0))
 
     def mean_share(n: int = 64) -> float:
         with torch.no_grad():

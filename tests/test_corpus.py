@@ -167,7 +167,7 @@ def test_batchify_shape_and_column_major_order() -> None:
 
 
 def test_batchify_too_few_tokens() -> None:
-    with pytest.raises(DataError, match="too few tokens"):
+    with pytest.raises(DataError, match="too short"):
         batchify(torch.arange(5), 3)
 
 

@@ -17,15 +17,17 @@ import torch
 
 pytest.importorskip("enas_rnn.cells")
 
-from enas_rnn.cells import FixedCell, copy_from_nn_lstm  # noqa: E402
+from conftest import REPO, compose_app, write_tiny_corpus  # noqa: E402
+
+from enas_rnn.apps.export import load_trained, resolve_run  # noqa: E402
+from enas_rnn.apps.train import train_lm  # noqa: E402
+from enas_rnn.cells import FixedCell  # noqa: E402
 from enas_rnn.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from enas_rnn.errors import CheckpointError  # noqa: E402
-from enas_rnn.export import ExportError, export_trained, generate_source, load_module, load_trained, resolve_run  # noqa: E402
+from enas_rnn.export import ExportError, export_trained, generate_source, load_module  # noqa: E402
 from enas_rnn.genotype import Genotype, GenotypeError, get_named  # noqa: E402
-from enas_rnn.runner import train_lm  # noqa: E402
 from enas_rnn.spaces import make_space  # noqa: E402
-
-from conftest import REPO, compose_app, write_tiny_corpus  # noqa: E402
+from enas_rnn.spaces.lstm import copy_from_nn_lstm  # noqa: E402
 
 TINY = ["experiment=smoke", "train.max_steps=12", "train.eval_every=6", "device=cpu", "model.emb_size=16",
         "model.hidden_size=16"]

@@ -9,19 +9,16 @@ import random
 import pytest
 
 from enas_rnn.genotype import (
-    ACTIVATIONS,
     NAMED,
-    ENASNode,
     Genotype,
     GenotypeError,
-    LSTMNode,
-    Operand,
     get_named,
     load_genotype,
     node_ref,
     parse_node_ref,
 )
-from enas_rnn.spaces import make_space
+from enas_rnn.kernels import ACTIVATIONS
+from enas_rnn.spaces import ENASNode, ENASSpace, LSTMNode, Operand, make_space
 
 LSTM_JSON = {
     "space": "lstm",
@@ -56,7 +53,7 @@ def test_named_enas_paper_matches_published_cell():
     assert "melodyguan/enas" in g.source and "Pham et al. 2018" in g.source
     # Pham et al. 2018: only tanh and ReLU, and h_t averages 6 loose ends.
     assert {n.act for n in g.nodes} == {"tanh", "relu"}
-    assert len(g.loose_ends()) == 6
+    assert len(ENASSpace.loose_ends(g)) == 6
     # Decoding the official fixed_arc (act ids 0 tanh, 1 relu, 2 identity, 3 sigmoid; 0-based prev).
     arc = [int(v) for v in "0 0 0 1 1 2 1 2 0 2 0 5 1 1 0 6 1 8 1 8 1 8 1".split()]
     acts = {0: "tanh", 1: "relu", 2: "identity", 3: "sigmoid"}
@@ -121,7 +118,7 @@ def test_node_refs():
         (lambda d: d["nodes"][1].pop("op"), ["node n2", "missing", "op"]),
         (lambda d: d["nodes"][1].__setitem__("inputs", [["xh", "tanh"]]), ["node n2", "exactly 2"]),
         (lambda d: d.pop("outputs"), ["outputs"]),
-        (lambda d: d.__setitem__("space", "gru"), ["'gru'", "lstm, enas"]),
+        (lambda d: d.__setitem__("space", "gru"), ["'gru'", "enas, lstm"]),
         (lambda d: d.pop("nodes"), ["missing", "nodes"]),
         (lambda d: d.__setitem__("nodes", []), ["no nodes"]),
         (lambda d: d.__setitem__("colour", "red"), ["unknown key", "colour"]),
@@ -282,7 +279,7 @@ def test_canonical_lstm_drops_dead_nodes_only():
 def test_enas_canonical_keeps_all_nodes_and_loose_ends():
     g = get_named("enas_paper")
     c = g.canonical()
-    assert c.num_nodes == g.num_nodes and len(c.loose_ends()) == len(g.loose_ends())
+    assert c.num_nodes == g.num_nodes and len(ENASSpace.loose_ends(c)) == len(ENASSpace.loose_ends(g))
     assert sorted(n.act for n in c.nodes) == sorted(n.act for n in g.nodes)
 
 

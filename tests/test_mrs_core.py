@@ -1,4 +1,4 @@
-"""Tests for the MRS core (enas_rnn.mrs) and the sine reproduction script's quick mode."""
+"""Tests for the MRS core (enas_rnn.scores.mrs) and the sine reproduction script's quick mode."""
 
 from __future__ import annotations
 
@@ -13,17 +13,17 @@ import pytest
 import torch
 from torch import nn
 
-from enas_rnn.mrs import (
+from enas_rnn.errors import ConfigError
+from enas_rnn.scores import SCORES, make_score, register_score
+from enas_rnn.scores.lm import LMSpec, MRSScore
+from enas_rnn.scores.mrs import (
     ERRORS,
-    SCORES,
     MRSConfig,
     MRSResult,
     ThresholdTracker,
-    get_score,
     mrs_score_module,
     mrs_score_regression,
     randomize_,
-    register_score,
     resolve_hi,
     score_from_errors,
     truncnorm_log_cdf,
@@ -251,15 +251,24 @@ def test_quantile_mode_in_scoring_updates_tracker() -> None:
 
 
 def test_score_registry() -> None:
-    assert get_score("mrs") is mrs_score_regression
-    with pytest.raises(KeyError, match="unknown score 'nope'.*mrs"):
-        get_score("nope")
+    assert SCORES["mrs"] is MRSScore and {"mrs", "hidden_cov"} <= set(SCORES)
+    assert isinstance(make_score("mrs", LMSpec(10, 4, 4), MRSConfig()), MRSScore)
+    with pytest.raises(ConfigError, match="unknown score 'nope'.*hidden_cov, mrs"):
+        make_score("nope", LMSpec(10, 4, 4), MRSConfig())
     with pytest.raises(ValueError, match="already registered"):
-        register_score("mrs")(lambda *a, **k: None)
+        register_score("mrs")(type("Dup", (), {}))
     name = "_test_dummy_score"
     try:
-        register_score(name)(lambda m, x, y, cfg=None: 1.0)
-        assert get_score(name)(None, None, None) == 1.0
+
+        @register_score(name)
+        class Dummy:
+            def __init__(self, spec, cfg, cache=None, pool=0) -> None:
+                self.cfg = cfg
+
+            def __call__(self, genotypes, data):
+                return [self.cfg] * len(genotypes)
+
+        assert make_score(name, None, 1.5)([None, None], None) == [1.5, 1.5]
     finally:
         SCORES.pop(name, None)
 

@@ -1,4 +1,4 @@
-"""MRS for language models (enas_rnn.mrs): LM errors and their bounds, seeded genotype scoring,
+"""MRS for language models (enas_rnn.scores.lm): LM errors and their bounds, seeded genotype scoring,
 the cache, and the hidden-covariance competitor on hand-checkable cases."""
 
 from __future__ import annotations
@@ -9,22 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-import enas_rnn.mrs as mrs
+import enas_rnn.scores.lm as mrs
 from enas_rnn.genotype import Genotype, get_named
-from enas_rnn.mrs import (
-    CE_CAP_FACTOR,
-    ERRORS,
+from enas_rnn.scores import SCORES
+from enas_rnn.scores.hidden_cov import (
     HiddenCovConfig,
-    MRSCache,
-    MRSConfig,
-    ThresholdTracker,
-    get_score,
+    HiddenCovScore,
     hidden_correlation,
     hidden_cov_from_corr,
     hidden_cov_score,
-    lm_error_hi,
-    mrs_score_genotype,
 )
+from enas_rnn.scores.lm import CE_CAP_FACTOR, MRSScore, lm_error_hi, mrs_score_genotype
+from enas_rnn.scores.lm import ScoreCache as MRSCache
+from enas_rnn.scores.mrs import ERRORS, MRSConfig, ThresholdTracker
 from enas_rnn.spaces import make_space
 
 V, E, H = 50, 16, 16
@@ -175,7 +172,7 @@ def test_hidden_cov_score_on_cells(tokens: torch.Tensor) -> None:
     b = hidden_cov_score(g, data, V, HiddenCovConfig(seed=1), E, H)
     assert a.score == b.score and math.isfinite(a.score) and a.score <= -H * 0.99
     assert a.n_samples == 30 * 4 and a.constant_units == 0
-    assert get_score("hidden_cov") is hidden_cov_score and get_score("mrs_lm") is mrs_score_genotype
+    assert SCORES["hidden_cov"] is HiddenCovScore and SCORES["mrs"] is MRSScore
     cache = MRSCache()
     hidden_cov_score(g, data, V, HiddenCovConfig(seed=1), E, H, cache=cache)
     assert hidden_cov_score(swapped_lstm(), data, V, HiddenCovConfig(seed=1), E, H, cache=cache).score == a.score

@@ -7,13 +7,12 @@ import math
 from pathlib import Path
 
 import pytest
-
-import enas_rnn.mrs_study as study
-from enas_rnn.errors import ConfigError
-from enas_rnn.mrs_study import run_study
-from enas_rnn.search_run import run_search
-
 from conftest import compose_app
+
+import enas_rnn.apps.mrs as study
+from enas_rnn.apps.mrs import run_study
+from enas_rnn.apps.search import run_search
+from enas_rnn.errors import ConfigError
 
 
 def study_cfg(root: Path, *extra: str):

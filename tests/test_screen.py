@@ -9,15 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import enas_rnn.mrs as mrs
-from enas_rnn.genotype import get_named
-from enas_rnn.mrs import LMScreener, LMSpec, MRSConfig, HiddenCovConfig
-from enas_rnn.search import top_k_indices
-from enas_rnn.search_run import run_search
-from enas_rnn.spaces import make_space
-
 from conftest import compose_app
+
+import enas_rnn.search as search_mod
+from enas_rnn.apps.search import run_search
+from enas_rnn.errors import ConfigError
+from enas_rnn.genotype import get_named
+from enas_rnn.scores import HiddenCovConfig, LMSpec, MRSConfig
+from enas_rnn.screen import Screener
+from enas_rnn.spaces import make_space
+from enas_rnn.strategies import top_k_indices
 
 
 def search_cfg(root: Path, *extra: str):
@@ -25,9 +26,9 @@ def search_cfg(root: Path, *extra: str):
 
 
 def recording(monkeypatch) -> list[list[float]]:
-    """Wraps make_lm_screener so that every call's candidate scores are recorded."""
+    """Wraps make_screener so that every call's candidate scores are recorded."""
     calls: list[list[float]] = []
-    real = mrs.make_lm_screener
+    real = search_mod.make_screener
 
     def make(*args, **kwargs):
         screener = real(*args, **kwargs)
@@ -39,7 +40,7 @@ def recording(monkeypatch) -> list[list[float]]:
 
         return record
 
-    monkeypatch.setattr(mrs, "make_lm_screener", make)
+    monkeypatch.setattr(search_mod, "make_screener", make)
     return calls
 
 
@@ -78,13 +79,13 @@ def test_screener_is_stateless_and_caches_duplicates() -> None:
     cfg = MRSConfig(samples=3, error="ce", threshold_mode="quantile", quantile=0.1)
     space = make_space("lstm", 4)
     cells = [get_named("lstm")] + [space.sample(i) for i in range(3)] + [get_named("lstm")]
-    s = LMScreener("mrs", data, spec, cfg, HiddenCovConfig())
+    s = Screener("mrs", data, spec, cfg)
     first = s(cells)
     assert first[0] == first[-1] and s.cache.misses == 4  # the repeat is scored once
     assert s(cells) == first  # pool=0: the same candidates get the same scores every step
     assert s.cache.hits == 5 and s.cache.misses == 4  # every candidate of the second step is a hit
-    pooled = LMScreener("mrs", data, spec, cfg, HiddenCovConfig(), pool=10)
+    pooled = Screener("mrs", data, spec, cfg, pool=10)
     pooled(cells)
-    assert len(pooled.tracker) == 4  # distinct cells only
-    with pytest.raises(ValueError, match="valid: mrs, hidden_cov"):
-        LMScreener("nope", data, spec, cfg, HiddenCovConfig())
+    assert len(pooled.score.tracker) == 4  # distinct cells only
+    with pytest.raises(ConfigError, match="valid scores: hidden_cov, mrs"):
+        Screener("nope", data, spec, HiddenCovConfig())

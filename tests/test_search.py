@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import compose_app
 
+from enas_rnn.apps.search import load_supernet, run_search
 from enas_rnn.errors import ConfigError
 from enas_rnn.genotype import Genotype
-from enas_rnn.search_run import run_search
-
-from conftest import compose_app
 
 
 def search_cfg(root: Path, *extra: str):
@@ -61,16 +60,16 @@ def test_resume_gives_the_same_search(tiny_corpus: Path, tmp_path: Path) -> None
 
 
 def test_diverging_child_gets_penalty_and_no_nan_weights(tiny_corpus: Path, tmp_path: Path, monkeypatch) -> None:
-    import enas_rnn.search_run as sr
+    import enas_rnn.supernet as sn
 
-    real = sr.evaluate
+    real = sn.evaluate
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
         return math.inf if calls["n"] % 3 == 0 else real(*args, **kwargs)
 
-    monkeypatch.setattr(sr, "evaluate", flaky)
+    monkeypatch.setattr(sn, "evaluate", flaky)
     out = tmp_path / "run"
     metrics = run_search(search_cfg(tiny_corpus), out)
     lines = [json.loads(l) for l in (out / "search_history.jsonl").read_text().splitlines()]
@@ -110,7 +109,6 @@ def test_cli_smoke_search_on_real_ptb(ptb_root: Path, tmp_path: Path) -> None:
 def test_best_genotype_file_reproduces_its_derive_perplexity(tiny_corpus: Path, tmp_path: Path) -> None:
     """best_genotype.json is the spelling that was evaluated: on the saved supernet it gives the
     same perplexity as derive reported (a respelling would select other shared weights)."""
-    from enas_rnn.search_run import load_supernet
     from enas_rnn.train import evaluate, perplexity
 
     out = tmp_path / "run"

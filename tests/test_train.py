@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from enas_rnn.conf import ModelConfig, TrainConfig, DataConfig
-from enas_rnn.errors import CheckpointError, ConfigError, TrainingDiverged
-from enas_rnn.model import build_model, count_parameters
-from enas_rnn.runner import train_lm
-from enas_rnn.train import LoopState, evaluate, train_steps
-
 from conftest import REPO, compose_app
+
+from enas_rnn.apps.train import train_lm
+from enas_rnn.corpus import DataConfig
+from enas_rnn.errors import CheckpointError, ConfigError, TrainingDiverged
+from enas_rnn.model import ModelConfig, build_model, count_parameters
+from enas_rnn.train import LoopState, TrainConfig, evaluate, train_steps
 
 TINY = ["experiment=smoke", "train.max_steps=30", "train.eval_every=10", "train.checkpoint_every=5"]
 

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
+from hydra.core.hydra_config import HydraConfig
+
 from enas_rnn.errors import UserError
 
 # The Hydra configs live in the checkout's conf/ (installed editable). An absolute path, because a
@@ -20,22 +22,15 @@ def friendly_errors() -> Iterator[None]:
     """Prints a user error as one readable line (no traceback) and exits with status 2.
 
     Errors from our own modules that a user can fix (missing data, bad genotype files, invalid
-    config values, corrupt checkpoints) subclass UserError or ValueError-based GenotypeError.
+    config values, corrupt checkpoints) subclass UserError.
     """
     try:
         yield
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except Exception as exc:  # GenotypeError lives in the genotype module; matched by name to stay decoupled
-        if type(exc).__name__ in {"GenotypeError", "DataError"}:
-            print(f"error: {exc}", file=sys.stderr)
-            sys.exit(2)
-        raise
 
 
 def run_dir() -> Path:
     """The Hydra run (or multirun job) folder of the current app."""
-    from hydra.core.hydra_config import HydraConfig
-
     return Path(HydraConfig.get().runtime.output_dir)

@@ -8,21 +8,19 @@
 
 from __future__ import annotations
 
-
 import hydra
 from omegaconf import DictConfig
 
+from enas_rnn.apps.compare import run_compare
 from enas_rnn.cli.common import CONF_DIR, friendly_errors, run_dir
 from enas_rnn.conf import register_configs
 
 register_configs()
 
 
-
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="compare")
 def main(cfg: DictConfig) -> None:
     with friendly_errors():
-        from enas_rnn.compare import run_compare  # keeps `--help` and config errors fast
 
         out = run_dir()
         report = run_compare(cfg, out)

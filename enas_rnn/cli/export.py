@@ -7,21 +7,19 @@
 
 from __future__ import annotations
 
-
 import hydra
 from omegaconf import DictConfig
 
+from enas_rnn.apps.export import run_export
 from enas_rnn.cli.common import CONF_DIR, friendly_errors, run_dir
 from enas_rnn.conf import register_configs
 
 register_configs()
 
 
-
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
 def main(cfg: DictConfig) -> None:
     with friendly_errors():
-        from enas_rnn.export import run_export  # keeps `--help` and config errors fast
 
         res = run_export(cfg, run_dir())
         print(f"wrote {res.module} and {res.weights} ({res.genotype.space} cell {res.genotype.hash()}, "

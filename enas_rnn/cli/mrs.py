@@ -13,20 +13,16 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from enas_rnn.cli.common import friendly_errors, run_dir
+from enas_rnn.apps.mrs import run_study
+from enas_rnn.cli.common import CONF_DIR, friendly_errors, run_dir
 from enas_rnn.conf import register_configs
 
 register_configs()
-
-# An absolute path: a relative config_path is resolved against the enas_rnn.cli package when the app
-# runs as a console script, and conf/ is not a package.
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="mrs")
 def main(cfg: DictConfig) -> None:
     with friendly_errors():
-        from enas_rnn.mrs_study import run_study  # keeps `--help` and config errors fast
 
         out = run_dir()
         report = run_study(cfg, out)

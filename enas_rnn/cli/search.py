@@ -13,6 +13,7 @@ import json
 import hydra
 from omegaconf import DictConfig
 
+from enas_rnn.apps.search import run_search
 from enas_rnn.cli.common import CONF_DIR, friendly_errors, run_dir
 from enas_rnn.conf import register_configs
 
@@ -21,7 +22,6 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="search")
 def main(cfg: DictConfig) -> None:
-    from enas_rnn.search_run import run_search
 
     with friendly_errors():
         metrics = run_search(cfg, run_dir())

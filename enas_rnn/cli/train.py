@@ -12,6 +12,7 @@ import json
 import hydra
 from omegaconf import DictConfig
 
+from enas_rnn.apps.train import train_lm
 from enas_rnn.cli.common import CONF_DIR, friendly_errors, run_dir
 from enas_rnn.conf import register_configs
 
@@ -20,7 +21,6 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> None:
-    from enas_rnn.runner import train_lm  # keeps `--help` and config errors fast
 
     with friendly_errors():
         metrics = train_lm(cfg, run_dir())

@@ -1,6 +1,6 @@
-"""Wiring for one language-model training run: corpus -> model -> the loop -> metrics.json.
+"""`enas-train`: one language-model training run, corpus -> model -> the loop -> metrics.json.
 
-Used by `enas-train` and by `enas-compare` (which trains several models with the same code).
+Also used by `enas-compare`, the MRS study and the pipeline (which train several models with the same code).
 A run folder holds::
 
     metrics.json            final numbers (see :func:`train_lm`)
@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from enas_rnn.checkpoint import (
@@ -33,59 +33,20 @@ from enas_rnn.checkpoint import (
     set_rng_state,
     write_text_atomic,
 )
-from enas_rnn.conf import CoreKind, TrainAppConfig, validate_common
-from enas_rnn.corpus import Corpus, batchify, load_corpus, resolve_root
-from enas_rnn.errors import CheckpointError, ConfigError
-from enas_rnn.model import RNNLM, build_model, count_parameters
+from enas_rnn.conf import TrainAppConfig, validate_common
+from enas_rnn.errors import CheckpointError
+from enas_rnn.genotype import Genotype, load_genotype
+from enas_rnn.model import RNNLM, CoreKind, build_model, count_parameters
+from enas_rnn.runs import flat_hparams, load_splits, resolve_device, to_device
 from enas_rnn.train import LoopState, StepResult, evaluate, fit, perplexity
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; the only place in the package that chooses a device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but CUDA is not available here: use device=auto or device=cpu")
-    return torch.device(name)
-
-
-@dataclass
-class Splits:
-    """A corpus cut into [T, B] streams on the run's device."""
-
-    corpus: Corpus
-    train: torch.Tensor
-    valid: torch.Tensor
-    test: torch.Tensor
-
-
-def load_splits(data_cfg: Any, device: torch.device) -> Splits:
-    """Reads the corpus named by the data config and batchifies it (train/eval/test batch sizes)."""
-    root = resolve_root(data_cfg.root, data_cfg.name)
-    corpus = load_corpus(root, download=data_cfg.download, name=data_cfg.name)
-    return Splits(
-        corpus,
-        batchify(corpus.train, data_cfg.batch_size).to(device),
-        batchify(corpus.valid, data_cfg.eval_batch_size).to(device),
-        batchify(corpus.test, data_cfg.test_batch_size).to(device),
-    )
-
-
-def build_lm(cfg: Any, vocab_size: int) -> tuple[RNNLM, Optional[dict]]:
-    """The language model a config describes; returns it and the genotype dict (cells only)."""
-    if cfg.model.core == CoreKind.lstm:
+def build_lm(cfg: Any, vocab_size: int) -> tuple[RNNLM, Optional[Genotype]]:
+    """The language model an app config describes (``model`` and, for cells, ``cell``), and its genotype."""
+    if CoreKind(cfg.model.core) == CoreKind.lstm:
         return build_model(cfg.model, vocab_size), None
-    from enas_rnn.cells import FixedCell  # imported lazily: the baseline needs no search code
-    from enas_rnn.genotype import load_genotype
-
     genotype = load_genotype(cfg.cell)
-
-    def factory(input_size: int, hidden_size: int) -> torch.nn.Module:
-        return FixedCell(
-            genotype, input_size, hidden_size, state_clip=cfg.model.state_clip, dropout_h=cfg.model.dropout_h
-        )
-
-    return build_model(cfg.model, vocab_size, factory), genotype.to_dict()
+    return build_model(cfg.model, vocab_size, genotype), genotype
 
 
 def _restore_config(run_dir: Path) -> tuple[DictConfig, dict]:
@@ -118,7 +79,8 @@ def train_lm(
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     splits = load_splits(cfg.data, device)
-    model, genotype = build_lm(cfg, len(splits.corpus.vocab))
+    model, g = build_lm(cfg, len(splits.corpus.vocab))
+    genotype = None if g is None else g.to_dict()
     model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     state = LoopState(lr=cfg.train.lr)
@@ -134,7 +96,7 @@ def train_lm(
                 "it was written by another version: start a new run"
             ) from None
         state = LoopState.from_dict(payload["loop"])
-        state.hidden = _to_device(payload.get("hidden"), device)
+        state.hidden = to_device(payload.get("hidden"), device)
         wall_before = payload.get("wall_s", 0.0)
         set_rng_state(payload["rng"])
 
@@ -156,8 +118,6 @@ def train_lm(
                 "wall_s": wall_before + time.perf_counter() - wall_t0,
             },
         )
-
-    from torch.utils.tensorboard import SummaryWriter  # slow import; only when a run starts
 
     writer = SummaryWriter(str(run_dir / "tb"), purge_step=state.step if payload is not None else None)
     windows = math.ceil((splits.train.size(0) - 1) / cfg.data.bptt)
@@ -188,32 +148,10 @@ def train_lm(
         "history": state.history,
     }
     writer.add_hparams(
-        _flat_hparams(cfg_dict),
+        flat_hparams(cfg_dict),
         {"hparam/valid_ppl": metrics["valid_ppl"], "hparam/test_ppl": metrics["test_ppl"]},
         run_name=".",
     )
     writer.close()
     write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
-
-
-def _to_device(obj: Any, device: torch.device) -> Any:
-    if obj is None:
-        return None
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    return type(obj)(_to_device(o, device) for o in obj)
-
-
-def _flat_hparams(d: dict, prefix: str = "") -> dict[str, Any]:
-    """Flattens a config for TensorBoard's hparams tab (scalars and strings only)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat_hparams(v, key + "."))
-        elif isinstance(v, (int, float, str, bool)):
-            out[key] = v
-        elif v is None:
-            out[key] = "null"
-    return out

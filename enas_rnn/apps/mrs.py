@@ -9,7 +9,7 @@ For M cells sampled from a search space (plus the space's published cell), the s
   for RNN cells, as the competitor;
 * the parameter count, a free baseline every proxy should beat;
 * the validation/test perplexity after training from scratch for a fixed budget
-  (``train.max_steps``) through the one loop (:func:`enas_rnn.runner.train_lm`);
+  (``train.max_steps``) through the one loop (:func:`enas_rnn.apps.train.train_lm`);
 * with ``search_run=<enas-search folder>``: the cell's perplexity with that run's shared weights,
 
 and reports Spearman and Kendall correlations (with p-values) of each statistic with the trained
@@ -28,6 +28,8 @@ whose training was interrupted continues from its last checkpoint.
 from __future__ import annotations
 
 import csv
+import ctypes
+import gc
 import json
 import logging
 import math
@@ -39,21 +41,24 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
-from enas_rnn.conf import CoreKind, TrainAppConfig, validate_common
+from enas_rnn.apps.search import load_supernet
+from enas_rnn.apps.train import train_lm
+from enas_rnn.checkpoint import LAST, checkpoint_dir, seed_everything
+from enas_rnn.conf import TrainAppConfig, validate_common
 from enas_rnn.errors import ConfigError, TrainingDiverged
-from enas_rnn.genotype import Genotype, get_named
-from enas_rnn.mrs import (
-    MRSCache,
-    ThresholdTracker,
-    hidden_cov_score,
-    lm_error_hi,
-    mrs_score_genotype,
-    score_from_errors,
-)
+from enas_rnn.genotype import Genotype, get_named, space_type
+from enas_rnn.model import CoreKind
+from enas_rnn.runs import load_splits, resolve_device
+from enas_rnn.scores.hidden_cov import hidden_cov_score
+from enas_rnn.scores.lm import ScoreCache, lm_error_hi, mrs_score_genotype
+from enas_rnn.scores.mrs import ThresholdTracker, score_from_errors
 from enas_rnn.spaces import make_space
 from enas_rnn.stats import correlation_table, to_markdown
+from enas_rnn.supernet import evaluate_cells
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +77,6 @@ COLUMNS: tuple[str, ...] = (
     "mrs_seconds", "hidden_cov", "hidden_cov_constant_units", "hidden_cov_seconds", "num_params",
     "valid_ppl", "test_ppl", "train_seconds", "shared_ppl", "mrs_samples", "genotype",
 )
-NAMED_CELLS: dict[str, tuple[str, ...]] = {"lstm": ("lstm",), "enas": ("enas_paper",)}
 
 
 # ----------------------------------------------------------------------------------------- setup
@@ -98,7 +102,7 @@ def sample_cells(space_name: str, num_nodes: int, n: int, seed: int, include_nam
     cells: list[Genotype] = []
     seen: set[str] = set()
     if include_named:
-        for name in NAMED_CELLS.get(space_name, ()):
+        for name in space_type(space_name).named:  # the space's published cells
             g = get_named(name)
             seen.add(g.hash())
             cells.append(g)
@@ -139,10 +143,7 @@ def make_train_config(cfg: DictConfig, cell_path: Path) -> DictConfig:
 
 
 def train_cell(cfg: DictConfig, cell_path: Path, folder: Path) -> dict[str, Any]:
-    """Trains one cell with :func:`enas_rnn.runner.train_lm` (reusing or resuming ``folder``)."""
-    from enas_rnn.checkpoint import LAST, checkpoint_dir
-    from enas_rnn.runner import train_lm
-
+    """Trains one cell with :func:`enas_rnn.apps.train.train_lm` (reusing or resuming ``folder``)."""
     if (folder / "metrics.json").is_file():
         return json.loads((folder / "metrics.json").read_text())
     run = make_train_config(cfg, cell_path)
@@ -169,32 +170,15 @@ def shared_weight_ppls(
     run's corpus, as the search's derive step does. A cell with more nodes than the supernet
     holds gets NaN.
     """
-    from enas_rnn.cells import SharedCell
-    from enas_rnn.checkpoint import LAST, checkpoint_dir, load_checkpoint
-    from enas_rnn.conf import SearchAppConfig
-    from enas_rnn.model import RNNLM
-    from enas_rnn.runner import load_splits
-    from enas_rnn.train import evaluate, perplexity
-
     path = checkpoint_dir(Path(search_run)) / LAST
     if not path.is_file():
         raise ConfigError(f"search_run={search_run}: no checkpoint at {path} (point it at an enas-search run folder)")
-    payload = load_checkpoint(path)
-    scfg = OmegaConf.merge(OmegaConf.structured(SearchAppConfig), payload["config"])
+    model, scfg, splits = load_supernet(search_run, str(device))
     if scfg.space.name != space_name:
         raise ConfigError(f"search_run is a {scfg.space.name!r} search but the study samples space={space_name}")
-    splits = load_splits(scfg.data, device)
-    shared = SharedCell(make_space(scfg.space.name, scfg.space.num_nodes), scfg.model.emb_size,
-                        scfg.model.hidden_size, state_clip=scfg.model.state_clip, dropout_h=scfg.model.dropout_h)
-    model = RNNLM(len(splits.corpus.vocab), [shared], scfg.model).to(device)
-    model.load_state_dict(payload["state_dicts"]["model"])
-    out: dict[str, float] = {}
-    for g in genotypes:
-        if g.num_nodes > shared.num_nodes:
-            out[g.hash()] = math.nan
-            continue
-        loss = evaluate(model, splits.valid, scfg.data.bptt, num_batches, 0, genotype=g)
-        out[g.hash()] = perplexity(loss) if math.isfinite(loss) else math.inf
+    fits = [g for g in genotypes if g.num_nodes <= scfg.space.num_nodes]
+    out = {g.hash(): math.nan for g in genotypes}
+    out.update({g.hash(): p for g, p in zip(fits, evaluate_cells(model, fits, splits.valid, scfg.data.bptt, num_batches))})
     return out
 
 
@@ -275,12 +259,9 @@ def correlations(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any
 
 def plot_scatter(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     """One panel per statistic: the statistic against the trained validation perplexity (log y)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(STATS), figsize=(4 * len(STATS), 3.6), squeeze=False)
+    fig = Figure(figsize=(4 * len(STATS), 3.6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(STATS), squeeze=False)
     for ax, stat in zip(axes[0], STATS):
         pts = [(float(r[stat]), float(r["valid_ppl"])) for r in rows
                if r.get(stat) is not None and r.get("valid_ppl") is not None
@@ -298,7 +279,6 @@ def plot_scatter(rows: Sequence[dict[str, Any]], path: Path) -> Path:
         ax.set_ylabel("trained valid ppl")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -358,9 +338,6 @@ def _release_memory() -> None:
     resident size of a study grew by 100-300 MB per cell (4.5 GB after a few cells) although
     nothing leaked; ``malloc_trim`` keeps it flat (~0.4 GB). No-op where glibc is absent.
     """
-    import ctypes
-    import gc
-
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -370,9 +347,6 @@ def _release_memory() -> None:
 
 def run_study(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Runs (or continues) the study in ``run_dir``; returns the correlation tables and file paths."""
-    from enas_rnn.checkpoint import seed_everything
-    from enas_rnn.runner import load_splits, resolve_device
-
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     validate_study(cfg)
@@ -389,7 +363,7 @@ def run_study(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     m = cfg.model
     kw = dict(emb_size=int(m.emb_size), hidden_size=int(m.hidden_size), tie_weights=bool(m.tie_weights),
               state_clip=m.state_clip, init_range=m.init_range)
-    cache = MRSCache()
+    cache = ScoreCache()
     for i, g in enumerate(cells):
         h = g.hash()
         if h in done:

@@ -1,6 +1,6 @@
 """A fair comparison of retrained cells with the vanilla LSTM (torch.nn.LSTM).
 
-Every run goes through :func:`enas_rnn.runner.train_lm`, the one training loop, with the same data,
+Every run goes through :func:`enas_rnn.apps.train.train_lm`, the one training loop, with the same data,
 budget (epochs / max_steps), optimiser, dropouts and seeds; only the recurrent core and its hidden
 size change. Each cell is trained in two sizings:
 
@@ -32,20 +32,23 @@ import logging
 import math
 import os
 import re
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
 from omegaconf import DictConfig, OmegaConf
 
+from enas_rnn.apps.train import build_lm, train_lm
 from enas_rnn.checkpoint import LAST, checkpoint_dir, write_text_atomic
-from enas_rnn.conf import CoreKind, Sizing, TrainAppConfig, validate_common
-from enas_rnn.corpus import load_corpus, resolve_root
+from enas_rnn.conf import Sizing, TrainAppConfig, validate_common
 from enas_rnn.errors import ConfigError, TrainingDiverged
 from enas_rnn.genotype import Genotype, load_genotype
-from enas_rnn.model import count_parameters
+from enas_rnn.model import CoreKind, count_parameters
+from enas_rnn.runs import strict, vocab_size_of
+from enas_rnn.stats import mean_sd, to_markdown, welch_p
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +163,6 @@ def make_run_config(cfg: DictConfig, *, core: CoreKind, cell: str, seed: int, hi
 
 def count_lm_parameters(run_cfg: DictConfig, vocab_size: int) -> int:
     """Exact trainable parameters of the model ``run_cfg`` builds (built on the meta device: no memory)."""
-    from enas_rnn.runner import build_lm
-
     try:
         with torch.device("meta"):
             model, _ = build_lm(run_cfg, vocab_size)
@@ -199,12 +200,6 @@ def match_hidden_size(count: Callable[[int], int], target: int, start: int = 64)
             lo = mid
     best = lo if target - c(lo) <= c(hi) - target else hi
     return best, seen
-
-
-def vocab_size_of(data_cfg: Any) -> int:
-    """Vocabulary size of the configured corpus (the parameter count depends on it)."""
-    root = resolve_root(data_cfg.root, data_cfg.name)
-    return len(load_corpus(root, download=data_cfg.download, name=data_cfg.name).vocab)
 
 
 def plan_runs(
@@ -278,8 +273,6 @@ def run_one(spec: RunSpec, folder: Path) -> tuple[dict[str, Any], str]:
     if (checkpoint_dir(folder) / LAST).is_file():
         run_cfg.resume = str(folder)  # an interrupted run: continue from its last checkpoint
         status = "resumed"
-    from enas_rnn.runner import train_lm
-
     try:
         return train_lm(run_cfg, folder), status
     except TrainingDiverged as exc:
@@ -302,28 +295,6 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
 # --------------------------------------------------------------------------------------------------------------------
 # Tables
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def mean_sd(values: Sequence[Optional[float]]) -> tuple[float, float]:
-    """Mean and sample sd (n - 1); sd is nan for one value; inf values propagate (a diverged run)."""
-    vals = [float(v) for v in values if v is not None]
-    if not vals:
-        return math.nan, math.nan
-    if any(math.isinf(v) for v in vals):
-        return math.inf, math.nan
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else math.nan)
-
-
-def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
-    """Two-sided Welch t-test p-value (unequal variances); nan when undefined (n < 2, constant, inf)."""
-    from scipy import stats as st
-
-    xs, ys = [float(v) for v in a], [float(v) for v in b]
-    if len(xs) < 2 or len(ys) < 2 or not all(math.isfinite(v) for v in xs + ys):
-        return math.nan
-    if statistics.pstdev(xs) == 0 and statistics.pstdev(ys) == 0:
-        return math.nan
-    return float(st.ttest_ind(xs, ys, equal_var=False).pvalue)
 
 
 def summarize(rows: Sequence[dict[str, Any]], alpha: float) -> list[dict[str, Any]]:
@@ -375,8 +346,6 @@ def _num(v: Optional[float], fmt: str) -> str:
 
 def render_markdown(report: dict[str, Any]) -> str:
     """comparison.md: setup, the aggregated table, matching notes, every run."""
-    from enas_rnn.stats import to_markdown
-
     setup = report["setup"]
     lines = [
         f"# {report['cell']} vs nn.LSTM",
@@ -426,9 +395,6 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 def plot_learning_curves(runs: Sequence[dict[str, Any]], path: Path) -> Optional[Path]:
     """Validation perplexity against training tokens seen, one line per run, one colour per (model, sizing)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
-
     fig = Figure(figsize=(7, 4.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
@@ -543,7 +509,7 @@ def run_compare(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         "runs": rows,
     }
     # Strict JSON: nan (undefined sd or p) and inf (a diverged run) become null.
-    write_text_atomic(run_dir / "comparison.json", json.dumps(_strict(report), indent=2, allow_nan=False))
+    write_text_atomic(run_dir / "comparison.json", json.dumps(strict(report), indent=2, allow_nan=False))
     write_text_atomic(run_dir / "comparison.md", render_markdown(report))
     if cfg.plot:
         plot_learning_curves(rows, run_dir / "learning_curves.png")
@@ -561,17 +527,6 @@ def _setup(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def _strict(o: Any) -> Any:
-    """Replaces non-finite floats by None, recursively (JSON has no nan or inf)."""
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, dict):
-        return {k: _strict(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_strict(v) for v in o]
-    return o
-
-
 __all__ = [
     "BASELINE",
     "CellEntry",
@@ -584,8 +539,6 @@ __all__ = [
     "plan_runs",
     "run_one",
     "summarize",
-    "mean_sd",
-    "welch_p",
     "render_markdown",
     "plot_learning_curves",
     "validate_compare",

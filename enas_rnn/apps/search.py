@@ -1,0 +1,46 @@
+"""`enas-search`: ENAS or random search with weight sharing (``enas_rnn.search``), fresh or resumed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from enas_rnn.checkpoint import LAST, checkpoint_dir, load_checkpoint
+from enas_rnn.conf import SearchAppConfig, validate_search
+from enas_rnn.model import RNNLM
+from enas_rnn.runs import Splits, load_splits
+from enas_rnn.search import Hook, SearchRun
+from enas_rnn.spaces import space_from_config
+from enas_rnn.supernet import build_supernet
+
+
+def restore_search_config(run_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[DictConfig, dict]:
+    """The config and last checkpoint of a search run (merged into the schema: typed like a fresh one)."""
+    payload = load_checkpoint(checkpoint_dir(run_dir) / LAST, map_location=map_location)
+    return OmegaConf.merge(OmegaConf.structured(SearchAppConfig), payload["config"]), payload
+
+
+def run_search(cfg: DictConfig, run_dir: str | Path, hook: Optional[Hook] = None) -> dict[str, Any]:
+    """Runs (or, with ``cfg.resume``, continues) a search and derives the best cell."""
+    payload = None
+    if cfg.get("resume"):
+        run_dir = Path(cfg.resume)
+        show = cfg.train.progress
+        cfg, payload = restore_search_config(run_dir)
+        # The saved config is the run's identity; only the progress bar follows the new command.
+        cfg.train.progress = show
+    validate_search(cfg)
+    return SearchRun(cfg, run_dir, payload, hook).run()
+
+
+def load_supernet(run_dir: str | Path, device: str = "cpu") -> tuple[RNNLM, DictConfig, Splits]:
+    """The shared model of a search run (its last checkpoint), its config and its data splits,
+    e.g. to evaluate other cells on the same weights (scripts/cross_eval.py, the MRS study)."""
+    cfg, payload = restore_search_config(run_dir, map_location=device)
+    splits = load_splits(cfg.data, torch.device(device))
+    model = build_supernet(cfg.model, space_from_config(cfg.space), len(splits.corpus.vocab)).to(device)
+    model.load_state_dict(payload["state_dicts"]["model"])
+    return model, cfg, splits

@@ -1,0 +1,27 @@
+"""Template: ``load()`` of a whole-model export (appended last)."""
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from torch import nn
+
+# --- exported ---
+
+
+def load(path: Optional[str | Path] = None, batch_first: bool = False) -> nn.Module:
+    """The exported LM with its trained weights (``<this module>.safetensors`` by default)."""
+    path = Path(path) if path is not None else Path(__file__).with_suffix(".safetensors")
+    tensors, meta = read_safetensors(path)  # noqa: F821
+    info = json.loads(meta["enas_rnn"])
+    if info["genotype_hash"] != GENOTYPE_HASH:  # noqa: F821
+        raise ValueError(f"{path} holds weights of cell {info['genotype_hash']}, this module is cell {GENOTYPE_HASH}")  # noqa: F821
+    if info["kind"] != "lm":
+        raise ValueError(f"{path} holds only a Layer; this module exports the whole LM")
+    model = LM(info["vocab_size"], info["input_size"], info["hidden_size"], info["num_layers"],  # noqa: F821
+               info["tie_weights"])
+    model.layer.batch_first = batch_first
+    if info["tie_weights"]:
+        tensors["decoder.weight"] = tensors["embedding.weight"]  # stored once
+    model.load_state_dict(tensors)
+    return model

@@ -1,0 +1,95 @@
+"""What every app run shares: the device, the data splits, strict JSON, TensorBoard hparams.
+
+``resolve_device`` is the only place in the package that chooses a device; ``load_splits`` the
+only place that turns a data config into [T, B] streams.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from enas_rnn.checkpoint import write_text_atomic
+from enas_rnn.corpus import Corpus, batchify, load_corpus, resolve_root
+from enas_rnn.errors import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; the only place in the package that chooses a device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but CUDA is not available here: use device=auto or device=cpu")
+    return torch.device(name)
+
+
+@dataclass
+class Splits:
+    """A corpus cut into [T, B] streams on the run's device."""
+
+    corpus: Corpus
+    train: torch.Tensor
+    valid: torch.Tensor
+    test: torch.Tensor
+
+
+def load_splits(data_cfg: Any, device: torch.device) -> Splits:
+    """Reads the corpus named by the data config and batchifies it (train/eval/test batch sizes)."""
+    root = resolve_root(data_cfg.root, data_cfg.name)
+    corpus = load_corpus(root, download=data_cfg.download, name=data_cfg.name)
+    return Splits(
+        corpus,
+        batchify(corpus.train, data_cfg.batch_size, "train", "data.batch_size").to(device),
+        batchify(corpus.valid, data_cfg.eval_batch_size, "valid", "data.eval_batch_size").to(device),
+        batchify(corpus.test, data_cfg.test_batch_size, "test", "data.test_batch_size").to(device),
+    )
+
+
+def vocab_size_of(data_cfg: Any) -> int:
+    """Vocabulary size of the configured corpus (a parameter count depends on it)."""
+    root = resolve_root(data_cfg.root, data_cfg.name)
+    return len(load_corpus(root, download=data_cfg.download, name=data_cfg.name).vocab)
+
+
+def to_device(obj: Any, device: torch.device) -> Any:
+    """Tensors (or nested tuples/lists of them, e.g. hidden states) moved to ``device``."""
+    if obj is None:
+        return None
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    return type(obj)(to_device(o, device) for o in obj)
+
+
+def strict(o: Any) -> Any:
+    """Replaces non-finite floats by None, recursively: JSON has no NaN or Infinity."""
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {k: strict(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [strict(v) for v in o]
+    return o
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Writes strict JSON atomically (NaN and infinities become null, so every reader accepts it)."""
+    return write_text_atomic(path, json.dumps(strict(obj), indent=2, allow_nan=False) + "\n")
+
+
+def flat_hparams(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Flattens a config for TensorBoard's hparams tab (scalars and strings only)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat_hparams(v, key + "."))
+        elif isinstance(v, (int, float, str, bool)):
+            out[key] = v
+        elif v is None:
+            out[key] = "null"
+    return out

@@ -1,0 +1,59 @@
+"""Search spaces: the registry, their config and the factory.
+
+Each space is one module (``lstm.py``, ``enas.py``) that owns everything its cells mean (see
+``base.py``) and registers itself with the genotype registry when imported; ``enas_rnn`` imports
+this package, so the built-in spaces are always known. A third space is one new module plus its
+import and entry below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from enas_rnn.errors import ConfigError
+from enas_rnn.spaces.base import DECISION_KINDS, Decision, SearchSpace
+from enas_rnn.spaces.enas import ENASNode, ENASSpace
+from enas_rnn.spaces.lstm import LSTMNode, LSTMSpace, Operand
+
+__all__ = [
+    "DECISION_KINDS",
+    "Decision",
+    "SearchSpace",
+    "LSTMSpace",
+    "ENASSpace",
+    "LSTMNode",
+    "ENASNode",
+    "Operand",
+    "SPACES",
+    "SpaceConfig",
+    "make_space",
+    "space_from_config",
+]
+
+#: Registry of spaces by name.
+SPACES: dict[str, type[SearchSpace]] = {"lstm": LSTMSpace, "enas": ENASSpace}
+
+
+@dataclass
+class SpaceConfig:
+    """Hydra structured config of a search space (plain types only)."""
+
+    name: str = "lstm"
+    num_nodes: int = 8
+
+
+def make_space(name: str, num_nodes: int = 8) -> SearchSpace:
+    """Space by name; an unknown name or a bad size fails with the valid values."""
+    try:
+        cls = SPACES[name]
+    except KeyError:
+        raise ConfigError(f"invalid config value space.name={name!r}: valid values are "
+                          f"{', '.join(sorted(SPACES))}") from None
+    if int(num_nodes) < 1:
+        raise ConfigError(f"invalid config value space.num_nodes={num_nodes!r}: valid values are integers >= 1")
+    return cls(num_nodes)
+
+
+def space_from_config(cfg: SpaceConfig) -> SearchSpace:
+    """Build the space a ``SpaceConfig`` (or a Hydra DictConfig with the same fields) names."""
+    return make_space(str(cfg.name), int(cfg.num_nodes))

@@ -1,0 +1,667 @@
+"""The ``lstm`` space (after Abed & Gyires-Tóth, SAMI 2021): everything an lstm-space cell means.
+
+Inputs ``xh`` (the pair x_t, h_{t-1}) and ``c`` (c_{t-1}). Node i has an ``op`` (add, mul) over
+two operands, each ``(source, activation)``; an operand reading ``xh`` applies its own affine map
+W[x_t; h_{t-1}] + b (one per node and operand slot). ``outputs`` names the node that is h_t and
+the node that is c_t; nodes that reach neither are dead and cost nothing. Vanilla LSTM is a point
+of this space (the named cell ``lstm``)::
+
+    n1 = sigmoid(W1·xh) * tanh(W2·xh)     # i * g
+    n2 = identity(c)    * sigmoid(W3·xh)  # c_{t-1} * f
+    n3 = identity(n1)   + identity(n2)    # c_t
+    n4 = tanh(n3)       * sigmoid(W4·xh)  # h_t = o * tanh(c_t)
+
+Decisions (N = num_nodes)::
+
+    for node i = 1..N:  source a [xh, c, n1..n_{i-1}], act a [identity tanh sigmoid relu],
+                        source b, act b, op [add, mul]
+    output h [n1..nN], output c [n1..nN]
+
+Weight banks (a row is one (node, operand slot)): ``w_x [E, S, H]``, ``w_h [H, S, H]``,
+``bias [S, H]`` with S = 2N in the supernet and k (the live xh operands) in a fixed cell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple, Optional
+
+import torch
+from torch import Tensor, nn
+
+from enas_rnn.genotype import (
+    CellAnalysis,
+    Genotype,
+    GenotypeError,
+    Outputs,
+    node_ref,
+    parse_node_ref,
+    register_space,
+)
+from enas_rnn.kernels import (
+    ACTIVATIONS,
+    GROUP_ORDER,
+    ZERO_PRESERVING,
+    Op,
+    act_bound,
+    act_op,
+    binary_op,
+    hoist,
+    needs_clamp,
+    take,
+)
+from enas_rnn.spaces.base import (
+    Decision,
+    ExportParts,
+    GraphBox,
+    GraphEdge,
+    Hidden,
+    SearchSpace,
+    options,
+)
+
+__all__ = ["Operand", "LSTMNode", "LSTMPlan", "LSTMSpace", "copy_from_nn_lstm", "OPS"]
+
+#: Binary ops of a node; both are commutative (canonical() relies on that).
+OPS: tuple[str, ...] = ("add", "mul")
+INPUTS: tuple[str, ...] = ("xh", "c")
+OUTPUT_NAMES: tuple[str, ...] = ("h", "c")
+# Above this many tie permutations canonical() stops brute-forcing automorphic nodes
+# and keeps a deterministic (still valid, possibly non-unique) numbering.
+_MAX_TIE_PERMUTATIONS = 5040
+
+
+class Operand(NamedTuple):
+    """One operand of a node: a source and the activation applied to it."""
+
+    source: str
+    act: str
+
+
+@dataclass(frozen=True)
+class LSTMNode:
+    """A node: ``op(act_a(source_a), act_b(source_b))``."""
+
+    op: str
+    inputs: tuple[Operand, Operand]
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return tuple(o.source for o in self.inputs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"op": self.op, "inputs": [[o.source, o.act] for o in self.inputs]}
+
+
+def _err(where: str, msg: str) -> GenotypeError:
+    return GenotypeError(f"{where}: {msg}")
+
+
+def _coerce_operand(raw: Any, where: str) -> Operand:
+    if isinstance(raw, Operand):
+        return raw
+    if isinstance(raw, Mapping):
+        missing = [k for k in ("source", "act") if k not in raw]
+        if missing:
+            raise _err(where, f"missing key(s) {missing}; an operand is [source, act]")
+        return Operand(str(raw["source"]), str(raw["act"]))
+    if isinstance(raw, Sequence) and not isinstance(raw, str) and len(raw) == 2:
+        return Operand(str(raw[0]), str(raw[1]))
+    raise _err(where, f"operand {raw!r} is not a [source, act] pair")
+
+
+def _operand_key(o: Operand) -> tuple[int, int, int, str]:
+    """Sort key for operands: inputs before nodes, nodes by number, then activation."""
+    idx = parse_node_ref(o.source)
+    src_rank = INPUTS.index(o.source) if idx is None else 0
+    return (0 if idx is None else 1, src_rank if idx is None else idx, ACTIVATIONS.index(o.act), o.act)
+
+
+def _digest(text: str) -> str:
+    """Short, isomorphism-invariant stand-in for a structural signature string."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:20]
+
+
+# ============================================================================ the plan
+@dataclass(frozen=True, eq=False)
+class LSTMPlan:
+    """Straight-line program of one genotype, executed by :func:`run_lstm` and printed by export.
+
+    Registers: 0 = c_{t-1}; 1..k = activated xh operands (plan slot order = bank row order); then
+    derived operands act(source) and node values. ``program`` rows are (op, dst, a, b); b < 0 means
+    unary. ``names`` gives each register a variable name for the exported code.
+    """
+
+    keys: tuple[tuple[int, int], ...]  # (node, slot) of each live xh operand, in GEMM column order
+    groups: tuple[tuple[Optional[Op], int], ...]  # (activation, number of slots) runs over the keys
+    program: tuple[tuple[Op, int, int, int], ...]
+    notes: tuple[str, ...]  # a comment per program row
+    num_regs: int
+    h_reg: int
+    c_reg: int
+    names: tuple[str, ...]
+    dead: tuple[int, ...]
+
+    @property
+    def kernels(self) -> tuple[tuple[Any, int, int, int], ...]:
+        return tuple((op.fn, d, a, b) for op, d, a, b in self.program)
+
+    @property
+    def group_kernels(self) -> tuple[tuple[Any, int], ...]:
+        return tuple((None if op is None else op.fn, n) for op, n in self.groups)
+
+
+def _operand_text(o: Operand) -> str:
+    return f"{o.act}({'W·xh' if o.source == 'xh' else o.source})"
+
+
+def compile_lstm(g: Genotype, clip: Optional[float]) -> LSTMPlan:
+    """Plan of a genotype: live xh slots grouped by activation, then the nodes, with the guard's
+    clamps placed by interval analysis (a clamp proven to be a no-op is left out)."""
+    live = g.live_nodes()
+    # 1. Live xh operands, grouped by activation so each activation is one kernel per step.
+    slots: list[tuple[str, int, int]] = []
+    for i in live:
+        for s, o in enumerate(g.nodes[i - 1].inputs):
+            if o.source == "xh":
+                slots.append((o.act, i, s))
+    slots.sort(key=lambda t: (GROUP_ORDER.index(t[0]), t[1], t[2]))
+    keys = tuple((i, s) for _, i, s in slots)
+    groups: list[tuple[Optional[Op], int]] = []
+    for act in GROUP_ORDER:
+        n = sum(1 for a, _, _ in slots if a == act)
+        if n:
+            # xh pre-activations are unbounded, so identity/relu always get the clamp.
+            groups.append((act_op(act, clip, clip is not None), n))
+    slot_reg = {key: 1 + r for r, key in enumerate(keys)}
+    names = ["c"] + [f"x{r}" for r in range(len(keys))]
+
+    # 2. Nodes in index order (topological), with interval bounds for the guard.
+    regs = 1 + len(keys)
+    bound: dict[str, float] = {"c": math.inf}  # c_{t-1} comes from outside: assume unbounded
+    reg_of: dict[str, int] = {"c": 0}
+    derived: dict[tuple[str, str], tuple[int, float]] = {}
+    program: list[tuple[Op, int, int, int]] = []
+    notes: list[str] = []
+    for i in live:
+        node = g.nodes[i - 1]
+        operand_regs, operand_bounds = [], []
+        for s, o in enumerate(node.inputs):
+            if o.source == "xh":
+                operand_regs.append(slot_reg[(i, s)])
+                operand_bounds.append(act_bound(o.act, math.inf, clip, clip is not None))
+                continue
+            key = (o.source, o.act)
+            if key not in derived:  # act(source) computed once per step even if read twice
+                src_b = bound[o.source]
+                clamp = needs_clamp(o.act, src_b, clip)
+                op = act_op(o.act, clip, clamp)
+                b = act_bound(o.act, src_b, clip, clamp)
+                if op is None:
+                    derived[key] = (reg_of[o.source], b)
+                else:
+                    program.append((op, regs, reg_of[o.source], -1))
+                    notes.append(f"{o.act}({o.source})" + (" clamped to the guard" if clamp else ""))
+                    names.append(f"{op.name}_{o.source}")
+                    derived[key] = (regs, b)
+                    regs += 1
+            r, b = derived[key]
+            operand_regs.append(r)
+            operand_bounds.append(b)
+        ba, bb = operand_bounds
+        program.append((binary_op(node.op), regs, operand_regs[0], operand_regs[1]))
+        notes.append(f"{node_ref(i)} = {node.op}({', '.join(_operand_text(o) for o in node.inputs)})")
+        names.append(node_ref(i))
+        bound[node_ref(i)] = ba + bb if node.op == "add" else ba * bb
+        reg_of[node_ref(i)] = regs
+        regs += 1
+    return LSTMPlan(
+        keys=keys,
+        groups=tuple(groups),
+        program=tuple(program),
+        notes=tuple(notes),
+        num_regs=regs,
+        h_reg=reg_of[g.outputs["h"]],
+        c_reg=reg_of[g.outputs["c"]],
+        names=tuple(names),
+        dead=tuple(i for i in range(1, g.num_nodes + 1) if i not in live),
+    )
+
+
+def run_lstm(
+    plan: LSTMPlan, weights: tuple[Tensor, ...], x: Tensor, hidden: Hidden, mask: Tensor | None,
+    clip: Optional[float] = None,
+) -> tuple[Tensor, Hidden]:
+    """Run a plan over a sequence. weights = (w_x [E, kH], w_h [H, kH], bias [kH]).
+
+    One step (k live xh operands, grouped by activation, e.g. vanilla LSTM: g | i f o)::
+
+        xp_t [B, kH] --+
+                       +-- addmm --> pre [B, kH] --split by group--> tanh [B, H] | sigmoid [B, 3H]
+        h_{t-1} @ W_h -+                                               split(H) -> k x [B, H] operands
+        registers: c_{t-1}, operands, act(node) values, node values -> program -> (h_t, c_t)
+    """
+    w_x, w_h, bias = weights
+    T, B, E = x.shape
+    h, c = hidden
+    H = h.shape[-1]
+    if plan.keys:
+        # Hoisted x_t part of every live xh map, bias folded in: [T*B, E] x [E, kH] -> T x [B, kH].
+        xp, w_rec, tape = hoist(x.reshape(T * B, E), w_x, bias, w_h, T, B)
+    else:  # a cell that never reads xh: no GEMM at all
+        xp, w_rec, tape = (None,) * T, w_h, None
+    groups = plan.group_kernels
+    widths = [n * H for _, n in groups]
+    regs: list[Any] = [None] * plan.num_regs
+    program = plan.kernels
+    outs = []
+    for xp_t in xp:
+        regs[0] = c
+        if xp_t is not None:
+            h_in = h if mask is None else h * mask
+            if tape is not None:
+                tape.append(h_in.detach())  # detached: no ctx->tape->graph->ctx cycle (leak)
+            # The h_{t-1} part of all k live slots in ONE GEMM: [B, H] x [H, kH] -> [B, kH].
+            pre = torch.addmm(xp_t, h_in, w_rec)
+            chunks = (pre,) if len(groups) == 1 else pre.split(widths, 1)
+            pos = 1
+            for (fn, n), chunk in zip(groups, chunks):
+                v = chunk if fn is None else fn(chunk)  # one kernel per activation group
+                if n == 1:
+                    regs[pos] = v
+                else:
+                    regs[pos : pos + n] = v.split(H, 1)  # [B, nH] -> n x [B, H] views
+                pos += n
+        for fn, dst, a, b in program:
+            regs[dst] = fn(regs[a]) if b < 0 else fn(regs[a], regs[b])
+        h, c = regs[plan.h_reg], regs[plan.c_reg]
+        outs.append(h)
+    out = torch.stack(outs) if outs else x.new_empty(0, B, H)
+    return out, (h, c)
+
+
+# ============================================================================ the space
+class LSTMSpace(SearchSpace):
+    """The ``lstm`` space: per node two (source, act) operands and an op; then the h and c nodes.
+
+    Vanilla LSTM needs 4 nodes; with more, the extra nodes are dead (``encode`` pads).
+    """
+
+    name: ClassVar[str] = "lstm"
+    inputs: ClassVar[tuple[str, ...]] = INPUTS
+    output_names: ClassVar[tuple[str, ...]] = OUTPUT_NAMES
+    picture_note: ClassVar[str] = "edge label: activation; (W·) = own affine map of [x_t, h_{t-1}]"
+    named: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        # Vanilla LSTM (Hochreiter & Schmidhuber 1997; gate layout of torch.nn.LSTM):
+        #   n1 = i * g, n2 = c_{t-1} * f, c_t = n3 = n1 + n2, h_t = n4 = tanh(c_t) * o.
+        "lstm": {
+            "space": "lstm",
+            "nodes": [
+                {"op": "mul", "inputs": [["xh", "sigmoid"], ["xh", "tanh"]]},
+                {"op": "mul", "inputs": [["c", "identity"], ["xh", "sigmoid"]]},
+                {"op": "add", "inputs": [["n1", "identity"], ["n2", "identity"]]},
+                {"op": "mul", "inputs": [["n3", "tanh"], ["xh", "sigmoid"]]},
+            ],
+            "outputs": {"h": "n4", "c": "n3"},
+            "source": "Hochreiter & Schmidhuber 1997; gate order of torch.nn.LSTM (i, f, g, o)",
+        },
+    }
+
+    # ------------------------------------------------------------------ genotype semantics
+    @classmethod
+    def parse_node(cls, raw: Any, index: int) -> LSTMNode:
+        where = f"node {node_ref(index)}"
+        if isinstance(raw, LSTMNode):
+            return raw
+        if not isinstance(raw, Mapping):
+            raise _err(where, f"expected an lstm node {{'op', 'inputs'}}, got {raw!r}")
+        missing = [k for k in ("op", "inputs") if k not in raw]
+        if missing:
+            raise _err(where, f"missing key(s) {missing}; an lstm node needs 'op' and 'inputs'")
+        inputs = raw["inputs"]
+        if isinstance(inputs, str) or not isinstance(inputs, Sequence) or len(inputs) != 2:
+            raise _err(where, f"'inputs' must hold exactly 2 operands, got {inputs!r}")
+        ops = tuple(_coerce_operand(o, f"{where} operand {k + 1}") for k, o in enumerate(inputs))
+        return LSTMNode(str(raw["op"]), (ops[0], ops[1]))
+
+    @classmethod
+    def validate(cls, g: Genotype) -> None:
+        for i, node in enumerate(g.nodes, start=1):
+            where = f"node {node_ref(i)}"
+            if not isinstance(node, LSTMNode):
+                raise _err(where, f"{node!r} is not an lstm node")
+            valid = list(INPUTS) + [node_ref(j) for j in range(1, i)]
+            if node.op not in OPS:
+                raise _err(where, f"unknown op {node.op!r}; valid ops: {options(OPS)}")
+            for k, operand in enumerate(node.inputs, start=1):
+                if operand.source not in valid:
+                    raise _err(where, f"operand {k} source {operand.source!r} is not an input or an earlier "
+                                      f"node; valid sources: {options(valid)}")
+                if operand.act not in ACTIVATIONS:
+                    raise _err(where, f"operand {k} activation {operand.act!r} is unknown; "
+                                      f"valid activations: {options(ACTIVATIONS)}")
+        refs = [node_ref(j) for j in range(1, g.num_nodes + 1)]
+        keys = set(g.outputs)
+        if keys != set(OUTPUT_NAMES):
+            raise GenotypeError(f"outputs: keys {sorted(keys)} are not valid; an lstm genotype needs exactly "
+                                f"{list(OUTPUT_NAMES)}, e.g. {{'h': 'n4', 'c': 'n3'}}")
+        for key in OUTPUT_NAMES:
+            if g.outputs[key] not in refs:
+                raise GenotypeError(f"outputs: {key} -> {g.outputs[key]!r} is not a node; valid: {options(refs)}")
+
+    @classmethod
+    def live_nodes(cls, g: Genotype) -> tuple[int, ...]:
+        """Nodes reachable backwards from the h and c outputs."""
+        live: set[int] = set()
+        stack = [parse_node_ref(g.outputs[k]) for k in OUTPUT_NAMES]
+        while stack:
+            i = stack.pop()
+            if i is None or i in live:
+                continue
+            live.add(i)
+            stack.extend(parse_node_ref(s) for s in g.node_sources(i))
+        return tuple(sorted(live))
+
+    @classmethod
+    def canonical(cls, g: Genotype) -> Genotype:
+        """Dead nodes dropped, nodes renumbered in a canonical topological order and the two operands
+        of each (commutative) op sorted. Nodes are ordered by (depth, structural signature); nodes
+        tied on that key are structurally identical and independent, and the lexicographically
+        smallest spelling over their permutations is kept (exact up to ``_MAX_TIE_PERMUTATIONS``)."""
+        live = g.live_nodes()
+        depth: dict[str, int] = {s: 0 for s in INPUTS}
+        sig: dict[str, str] = {s: s for s in INPUTS}
+        for i in live:  # ascending index is a topological order
+            node = g.nodes[i - 1]
+            ref = node_ref(i)
+            depth[ref] = 1 + max(depth[o.source] for o in node.inputs)
+            # Bottom-up structural signature; operands sorted because add and mul commute.
+            # Hashed so that signatures stay short however much the DAG shares sub-terms.
+            ops = sorted(f"{o.act}:{sig[o.source]}" for o in node.inputs)
+            sig[ref] = _digest(f"{node.op}({ops[0]},{ops[1]})")
+
+        def tie_key(i: int) -> tuple[int, str]:
+            return depth[node_ref(i)], sig[node_ref(i)]
+
+        groups = [list(grp) for _, grp in itertools.groupby(sorted(live, key=tie_key), key=tie_key)]
+        n_perm = math.prod(math.factorial(len(grp)) for grp in groups)
+        if n_perm > _MAX_TIE_PERMUTATIONS:
+            candidates: Any = iter([tuple(tuple(grp) for grp in groups)])
+        else:
+            candidates = itertools.product(*(itertools.permutations(grp) for grp in groups))
+        best: tuple[str, Genotype] | None = None
+        for combo in candidates:
+            cand = _renumber(g, [i for grp in combo for i in grp])
+            text = json.dumps(cand.core_dict(), sort_keys=True)
+            if best is None or text < best[0]:
+                best = (text, cand)
+        assert best is not None
+        return best[1]
+
+    @classmethod
+    def analyse(cls, g: Genotype) -> CellAnalysis:
+        """Exact dependence analysis with the state starting at zero.
+
+        Every value gets three flags: always zero (Z), depends on x_t or h_{t-1} through an xh map
+        (X), depends on c_{t-1} (C). An xh operand is (not Z, X). act(v) of a value that is always
+        zero is zero for identity/tanh/relu and the constant 1/2 for sigmoid; add is zero when both
+        sides are, mul when either is (a product with 0 is 0). With c_0 = 0, c_{t-1} is always zero
+        iff the c node computed from c = 0 is zero; c carries the input's history iff the c node
+        depends on an xh map. Weights are generic (no exact cancellation: the space has no
+        negation, and sums of independent maps do not cancel), so the flags are exact; a test checks
+        them against numeric probes on thousands of random cells.
+        """
+        h_ref, c_ref = g.outputs["h"], g.outputs["c"]
+        live = g.live_nodes()
+
+        def flags(c_zero: bool) -> dict[str, tuple[bool, bool, bool]]:
+            val = {"c": (c_zero, False, not c_zero)}
+            for i in live:
+                node = g.nodes[i - 1]
+                ops = []
+                for o in node.inputs:
+                    if o.source == "xh":
+                        ops.append((False, True, False))
+                        continue
+                    z, dx, dc = val[o.source]
+                    # act(0) is 0 for identity/tanh/relu and a constant 1/2 for sigmoid.
+                    ops.append((o.act in ZERO_PRESERVING, False, False) if z else (False, dx, dc))
+                (za, xa, ca), (zb, xb, cb) = ops
+                if node.op == "add":
+                    val[node_ref(i)] = (za and zb, xa or xb, ca or cb)
+                else:
+                    z = za or zb
+                    val[node_ref(i)] = (z, not z and (xa or xb), not z and (ca or cb))
+            return val
+
+        c_zero = flags(True)[c_ref][0]  # c_1 computed from c_0 = 0 is 0: then c stays 0 forever
+        val = flags(c_zero)
+        memory_input = val[c_ref][1]  # c_t depends on an xh map: c carries the input's history
+        z_h, x_h, c_h = val[h_ref]
+        depends = x_h or (c_h and memory_input)
+        has_memory = memory_input and c_h
+        out_reason = mem_reason = ""
+        if not depends:
+            if z_h:
+                out_reason = (f"h_t = {h_ref} is always 0: the state starts at 0, identity/tanh/relu keep 0 at 0 "
+                              "and a product with 0 is 0")
+            elif c_h:
+                out_reason = f"h_t = {h_ref} reads only c_(t-1), and c_t never depends on the input"
+            else:
+                out_reason = f"h_t = {h_ref} is a constant: it reads no input"
+        if not has_memory:
+            if c_zero:
+                mem_reason = f"c_t = {c_ref} is always 0: the memory never leaves its zero start"
+            elif not memory_input:
+                mem_reason = f"c_t = {c_ref} never depends on the input (a function of its own past only)"
+            else:
+                mem_reason = f"h_t = {h_ref} never reads c_(t-1): the memory is computed but never used"
+        return CellAnalysis(depends, has_memory, out_reason, mem_reason)
+
+    @classmethod
+    def formula(cls, g: Genotype) -> list[str]:
+        live = set(g.live_nodes())
+        out = []
+        for i, node in enumerate(g.nodes, 1):
+            sym = " + " if node.op == "add" else " * "
+            out.append(f"{node_ref(i)} = {sym.join(_operand_text(o) for o in node.inputs)}"
+                       + ("" if i in live else "   (dead)"))
+        out.append(f"h_t = {g.outputs['h']}, c_t = {g.outputs['c']}")
+        return out
+
+    @classmethod
+    def graph(cls, g: Genotype) -> tuple[list[GraphBox], list[GraphEdge]]:
+        boxes = [GraphBox("xh", "x_t, h_{t-1}", "input", 0), GraphBox("c", "c_{t-1}", "input", 0)]
+        edges: list[GraphEdge] = []
+        depth = {"xh": 0, "c": 0}
+        for i in g.live_nodes():
+            node = g.nodes[i - 1]
+            ref = node_ref(i)
+            depth[ref] = 1 + max(depth[o.source] for o in node.inputs)
+            boxes.append(GraphBox(ref, f"{ref}\n{'+' if node.op == 'add' else '×'} ({node.op})", "node", depth[ref]))
+            for o in node.inputs:
+                edges.append(GraphEdge(o.source, ref, o.act + (" (W·)" if o.source == "xh" else ""), o.act))
+        last = 1 + max(depth[node_ref(i)] for i in g.live_nodes())
+        for out in OUTPUT_NAMES:
+            boxes.append(GraphBox(f"out_{out}", f"{out}_t", "output", last))
+            edges.append(GraphEdge(g.outputs[out], f"out_{out}", "", None))
+        return boxes, edges
+
+    # ------------------------------------------------------------------ execution
+    @classmethod
+    def bank_layout(cls, input_size: int, hidden_size: int, rows: int) -> dict[str, tuple[tuple[int, ...], Optional[int]]]:
+        E, H = input_size, hidden_size
+        return {"w_x": ((E, rows, H), 1), "w_h": ((H, rows, H), 1), "bias": ((rows, H), 0)}
+
+    @classmethod
+    def shared_num_rows(cls, num_nodes: int) -> int:
+        return 2 * num_nodes  # one row per (node, operand slot)
+
+    @classmethod
+    def shared_row(cls, key: tuple[int, int]) -> int:
+        i, s = key
+        return (i - 1) * 2 + s
+
+    @classmethod
+    def compile(cls, g: Genotype, clip: Optional[float]) -> LSTMPlan:
+        return compile_lstm(g, clip)
+
+    @classmethod
+    def gather(cls, plan: LSTMPlan, banks: Mapping[str, Tensor], rows: Any, input_size: int,
+               hidden_size: int) -> tuple[Tensor, ...]:
+        # The live slots once per forward: [E, S, H] -> [E, k, H] -> [E, kH].
+        k, E, H = len(plan.keys), input_size, hidden_size
+        return (take(banks["w_x"], 1, rows).reshape(E, k * H), take(banks["w_h"], 1, rows).reshape(H, k * H),
+                take(banks["bias"], 0, rows).reshape(k * H))
+
+    run = staticmethod(run_lstm)
+
+    @classmethod
+    def export_parts(cls, plan: LSTMPlan, g: Genotype, clip: Optional[float]) -> ExportParts:
+        K = len(plan.keys)
+        params = [
+            "# One row r per live xh operand: x_t @ w_x[:, r] + h_(t-1) @ w_h[:, r] + bias[r] = W[x_t; h_(t-1)] + b.",
+            f"self.w_x = nn.Parameter(torch.empty(input_size, {K}, hidden_size))",
+            f"self.w_h = nn.Parameter(torch.empty(hidden_size, {K}, hidden_size))",
+            f"self.bias = nn.Parameter(torch.empty({K}, hidden_size))",
+        ]
+        project = [
+            "T, B, E = x.shape",
+            f"KH = {K} * self.hidden_size",
+            "# [T*B, E] x [E, K*H] + bias -> [T*B, K*H] -> [T, B, K*H]",
+            "return torch.addmm(self.bias.reshape(KH), x.reshape(T * B, E), self.w_x.reshape(E, KH)).view(T, B, KH)",
+        ]
+        weights = ["H = self.hidden_size", f"return (self.w_h.reshape(H, {K} * H),)  # [H, K, H] -> [H, K*H]"]
+        step = ["H = self.hidden_size", "(w_h,) = w"]
+        if plan.dead:
+            step.append("# dead nodes (reach neither h_t nor c_t, not computed): "
+                        + ", ".join(node_ref(i) for i in plan.dead))
+        n = plan.names
+        if K:
+            step.append("pre = torch.addmm(xp_t, h, w_h)  # [B, K*H]: W[x_t; h_(t-1)] + b of every xh operand")
+            pos = 0
+            for op, count in plan.groups:
+                chunk = f"pre[:, {pos} * H:{pos + count} * H]"
+                expr = chunk if op is None else op.code.format(a=chunk)
+                targets = [n[1 + pos + j] for j in range(count)]
+                if count == 1:
+                    step.append(f"{targets[0]} = {expr}")
+                else:
+                    step.append(f"{', '.join(targets)} = {expr}.split(H, 1)  # one kernel for the group")
+                pos += count
+        else:
+            step.append("# no operand reads xh: h_(t-1) is not used")
+        for (op, dst, a, b), note in zip(plan.program, plan.notes):
+            step.append(f"{n[dst]} = {op.code.format(a=n[a], b=n[b] if b >= 0 else '')}  # {note}")
+        step.append(f"return {n[plan.h_reg]}, {n[plan.c_reg]}  # h_t = {g.outputs['h']}, c_t = {g.outputs['c']}")
+        layout = ["# Weight rows of the xh operands (w_x[:, r], w_h[:, r], bias[r]):"] if K else []
+        for r, (i, s) in enumerate(plan.keys):
+            layout.append(f"#   row {r} (x{r}): {node_ref(i)} operand {s + 1} ({g.nodes[i - 1].inputs[s].act})")
+        return ExportParts(params, project, weights, ["return h, c  # lstm space: the guard clamps operands inside the step"],
+                           step, layout)
+
+    # ------------------------------------------------------------------ decisions
+    def _sources(self, i: int) -> tuple[str, ...]:
+        return INPUTS + tuple(node_ref(j) for j in range(1, i))
+
+    def _build_decisions(self) -> list[Decision]:
+        out: list[Decision] = []
+        for i in range(1, self.num_nodes + 1):
+            srcs = self._sources(i)
+            for slot in ("a", "b"):
+                out.append(Decision(f"n{i}.src_{slot}", len(srcs), "source", srcs))
+                out.append(Decision(f"n{i}.act_{slot}", len(ACTIVATIONS), "act", ACTIVATIONS))
+            out.append(Decision(f"n{i}.op", len(OPS), "op", OPS))
+        nodes = tuple(node_ref(j) for j in range(1, self.num_nodes + 1))
+        out.append(Decision("out.h", self.num_nodes, "output", nodes))
+        out.append(Decision("out.c", self.num_nodes, "output", nodes))
+        return out
+
+    def decode(self, choices: Sequence[int]) -> Genotype:
+        it = iter(self._check_choices(choices))
+        nodes = []
+        for i in range(1, self.num_nodes + 1):
+            srcs = self._sources(i)
+            operands = []
+            for _ in range(2):
+                src = srcs[next(it)]
+                operands.append(Operand(src, ACTIVATIONS[next(it)]))
+            nodes.append(LSTMNode(OPS[next(it)], (operands[0], operands[1])))
+        h, c = node_ref(next(it) + 1), node_ref(next(it) + 1)
+        return Genotype("lstm", tuple(nodes), {"h": h, "c": c})
+
+    def pad(self, genotype: Genotype) -> Genotype:
+        """Append dead nodes so ``genotype`` has exactly ``num_nodes`` nodes (same cell)."""
+        self._check_genotype(genotype)
+        extra = self.num_nodes - genotype.num_nodes
+        if extra < 0:
+            raise GenotypeError(f"genotype has {genotype.num_nodes} nodes; the lstm space has only {self.num_nodes}")
+        # A dead filler node: nothing reads it and it is not an output, so it costs nothing.
+        filler = LSTMNode("add", (Operand("xh", "identity"), Operand("xh", "identity")))
+        return Genotype("lstm", genotype.nodes + (filler,) * extra, genotype.outputs)
+
+    def encode(self, genotype: Genotype) -> list[int]:
+        """Choices for ``genotype``; fewer nodes than the space are padded with dead nodes,
+        so then ``decode(encode(g)) == self.pad(g)`` (same canonical cell)."""
+        g = self.pad(genotype)
+        out: list[int] = []
+        for i, node in enumerate(g.nodes, start=1):
+            srcs = self._sources(i)
+            for operand in node.inputs:
+                out += [srcs.index(operand.source), ACTIVATIONS.index(operand.act)]
+            out.append(OPS.index(node.op))
+        out += [int(g.outputs["h"][1:]) - 1, int(g.outputs["c"][1:]) - 1]
+        return out
+
+
+def _renumber(g: Genotype, order: Sequence[int]) -> Genotype:
+    new_ref = {node_ref(old): node_ref(pos + 1) for pos, old in enumerate(order)}
+    nodes = []
+    for old in order:
+        node = g.nodes[old - 1]
+        ops = sorted((Operand(new_ref.get(o.source, o.source), o.act) for o in node.inputs), key=_operand_key)
+        nodes.append(LSTMNode(node.op, (ops[0], ops[1])))
+    return Genotype("lstm", tuple(nodes), Outputs({k: new_ref[g.outputs[k]] for k in OUTPUT_NAMES}))
+
+
+# Gate order of torch.nn.LSTM's weight_ih/weight_hh rows, and where each gate lives in the
+# ``lstm`` genotype: (node, operand slot).
+_NN_LSTM_GATES = {"i": (0, (1, 0)), "f": (1, (2, 1)), "g": (2, (1, 1)), "o": (3, (4, 1))}
+
+
+def copy_from_nn_lstm(cell: Any, lstm: nn.LSTM) -> None:
+    """Copy a 1-layer ``nn.LSTM``'s weights into a cell running the named ``lstm`` genotype.
+
+    Gate k of nn.LSTM (rows k*H:(k+1)*H, order i, f, g, o) goes to its (node, slot) row;
+    W is transposed into the [in, out] bank layout; b_ih + b_hh become the single bias.
+    """
+    if cell.space != "lstm":
+        raise ValueError(f"copy_from_nn_lstm needs an lstm-space cell, got {cell.space!r}")
+    own = getattr(cell, "genotype", None)
+    if own is not None and own != Genotype.from_dict(LSTMSpace.named["lstm"]):
+        raise ValueError("copy_from_nn_lstm needs a FixedCell of the named 'lstm' genotype")
+    if lstm.num_layers != 1 or lstm.bidirectional or getattr(lstm, "proj_size", 0):
+        raise ValueError("copy_from_nn_lstm supports a 1-layer, unidirectional nn.LSTM without projection")
+    if lstm.input_size != cell.input_size or lstm.hidden_size != cell.hidden_size:
+        raise ValueError(f"size mismatch: nn.LSTM({lstm.input_size}, {lstm.hidden_size}) vs cell "
+                         f"({cell.input_size}, {cell.hidden_size})")
+    H = cell.hidden_size
+    w_ih, w_hh = lstm.weight_ih_l0, lstm.weight_hh_l0  # [4H, E], [4H, H]
+    b = torch.zeros(4 * H, dtype=w_ih.dtype, device=w_ih.device)
+    if lstm.bias:
+        b = lstm.bias_ih_l0 + lstm.bias_hh_l0
+    with torch.no_grad():
+        for k, key in _NN_LSTM_GATES.values():
+            (r,) = cell.rows([key])
+            rows = slice(k * H, (k + 1) * H)
+            cell.w_x[:, r, :] = w_ih[rows].t()
+            cell.w_h[:, r, :] = w_hh[rows].t()
+            cell.bias[r] = b[rows]
+
+
+register_space(LSTMSpace)
