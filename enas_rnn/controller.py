@@ -43,6 +43,19 @@ class Sample:
     log_prob: Tensor  # [B] summed log-probability (differentiable)
     entropy: Tensor  # [B] summed entropy of the per-decision distributions (differentiable)
 
+    def select(self, index: Sequence[int]) -> "Sample":
+        """The cells at ``index`` (log-probabilities and entropies stay differentiable)."""
+        idx = torch.tensor(list(index), device=self.log_prob.device)
+        return Sample([self.genotypes[i] for i in index], self.choices[idx], self.log_prob[idx], self.entropy[idx])
+
+    @staticmethod
+    def cat(parts: Sequence["Sample"]) -> "Sample":
+        """Several samples as one batch, in order."""
+        if len(parts) == 1:
+            return parts[0]
+        return Sample([g for p in parts for g in p.genotypes], torch.cat([p.choices for p in parts]),
+                      torch.cat([p.log_prob for p in parts]), torch.cat([p.entropy for p in parts]))
+
 
 class Controller(nn.Module):
     """Autoregressive policy over a space's decisions; ``sample(n)`` draws n cells at once."""

@@ -23,6 +23,7 @@ A search folder holds::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -44,10 +45,18 @@ from enas_rnn.checkpoint import (
     set_rng_state,
     write_text_atomic,
 )
+from enas_rnn.distance import distance_to_reference
 from enas_rnn.errors import CheckpointError
 from enas_rnn.genotype import Genotype
 from enas_rnn.model import RNNLM
-from enas_rnn.runs import flat_hparams, load_splits, resolve_device, to_device
+from enas_rnn.runs import (
+    flat_hparams,
+    load_splits,
+    resolve_device,
+    strict,
+    to_device,
+    write_json,
+)
 from enas_rnn.screen import make_screener
 from enas_rnn.spaces import space_from_config
 from enas_rnn.strategies import (
@@ -83,8 +92,20 @@ class SearchConfig:
     controller_lr: float = 3.5e-4  # Adam (Pham et al. 2018, 3.1)
     controller_clip: Optional[float] = None
     nonfinite_reward: float = 0.0  # reward of a child whose validation loss is not finite
+    # Degenerate cells (h_t ignores the input, or - with require_memory - c_t carries nothing; decided
+    # exactly from the genotype, Genotype.analysis): "penalty" gives them degenerate_reward without any
+    # evaluation so the controller learns to avoid them, "resample" draws again until a cell is valid,
+    # "off" treats them like any cell. Random search samples the valid subset unless "off". No
+    # degenerate cell is trained in the shared phase or derived unless "off".
+    degenerate: str = "penalty"
+    require_memory: bool = True  # lstm space: a cell whose memory never carries the input is degenerate
+    degenerate_reward: float = 0.0  # as bad as a diverged child
     derive_samples: int = 100  # cells drawn at derive time (ENAS-pytorch derive_num_sample)
     derive_batches: int = 10  # validation windows, the same for every derived cell
+    # The best derive_rerank cells are evaluated again on derive_rerank_batches windows, enough to
+    # separate close cells; the ranking (and top_genotypes.json, the shortlist) uses those numbers.
+    derive_rerank: int = 10
+    derive_rerank_batches: int = 40
     top_k: int = 5  # cells kept in top_genotypes.json
 
 
@@ -96,13 +117,17 @@ class SearchState:
     controller_step: int = 0
     valid_pos: int = 0  # next validation row for rewards (rotates through the split)
     records: list[dict[str, Any]] = field(default_factory=list)  # one per evaluated child
+    proposals: int = 0  # cells drawn in controller steps (rejected redraws included)
+    degenerate_proposals: int = 0  # of which degenerate (penalised, redrawn, or - handling off - evaluated)
+    shared_draws: int = 0  # children drawn for shared-phase windows (redraws included)
+    shared_rejected: int = 0  # of which degenerate and redrawn
+    epoch_proposals: list[list[int]] = field(default_factory=list)  # per epoch: [proposals, degenerate]
 
 
 def reinforce_config(cfg: Any) -> ReinforceConfig:
     """The ENAS strategy's settings out of a search app config."""
     s = cfg.search
-    return ReinforceConfig(float(s.entropy_weight), float(s.baseline_decay), float(s.controller_lr),
-                           s.controller_clip, str(cfg.screen.screened_reward))
+    return ReinforceConfig(float(s.entropy_weight), float(s.baseline_decay), float(s.controller_lr), s.controller_clip)
 
 
 class SearchRun:
@@ -129,6 +154,12 @@ class SearchRun:
         self.strategy: Strategy = make_strategy(cfg.search.strategy, self.space, cfg.controller, reinforce_config(cfg), self.gen)
         self.strategy.to(self.device)
         self.screener = make_screener(cfg, vocab_size, self.splits.valid)
+        s = cfg.search
+        handle = s.degenerate != "off"
+        # valid(g): a cell worth evaluating; proposals are restricted to valid cells when redrawing
+        # (resample mode, or random search, which has no policy to teach).
+        self.valid = (lambda g: not g.is_degenerate(bool(s.require_memory))) if handle else None
+        self.redraw = self.valid if handle and (s.degenerate == "resample" or s.strategy == "random") else None
         self.loop = LoopState(lr=cfg.train.lr)
         self.loop.bptt_gen.manual_seed(cfg.seed)
         self.state = SearchState()
@@ -178,17 +209,23 @@ class SearchRun:
         """Trains the shared weights for ``search.shared_steps`` windows, a sampled child per window."""
         cfg, loop = self.cfg, self.loop
         self.bar.set_description(f"epoch {self.state.epoch} shared | best ppl {self.best_ppl:.1f}")
-        child = lambda: {"genotype": self.strategy.sample_for_training()}  # noqa: E731
         remaining = cfg.search.shared_steps
         while remaining is None or remaining > 0:
             before = loop.step
             ended = train_steps(self.model, self.optimizer, self.splits.train, loop, cfg.train, cfg.data, remaining,
-                                child, self._shared_step_hook)
+                                self._training_child, self._shared_step_hook)
             if remaining is None:
                 break
             remaining -= loop.step - before
             if not ended and loop.step == before:
                 break
+
+    def _training_child(self) -> dict[str, Any]:
+        """The child of one shared-phase window (never a degenerate one unless handling is off)."""
+        g, rejected = self.strategy.sample_for_training(self.valid)
+        self.state.shared_draws += 1 + rejected
+        self.state.shared_rejected += rejected
+        return {"genotype": g}
 
     def _shared_step_hook(self, ls: LoopState, res: StepResult) -> None:
         self.bar.update(1)
@@ -202,20 +239,41 @@ class SearchRun:
             self.hook("shared_step", ls.step)
 
     def controller_step(self) -> None:
-        """Proposes children, screens them, evaluates the kept ones on shared weights, updates the strategy."""
+        """Proposes children, screens them, evaluates the kept ones on shared weights, updates the strategy.
+
+        Degenerate proposals (penalty mode) are never scored or evaluated: they enter the update with
+        ``search.degenerate_reward``.
+        """
         cfg, s, st = self.cfg, self.cfg.search, self.state
         self.bar.set_description(f"epoch {st.epoch} controller | best ppl {self.best_ppl:.1f}")
         n = cfg.screen.candidates if self.screener is not None else s.children_per_step
-        genotypes, handle = self.strategy.propose(n)
-        scores = self.screener(genotypes) if self.screener is not None else None
-        keep = top_k_indices(scores, cfg.screen.keep) if scores is not None else list(range(n))
+        genotypes, handle, rejected = self.strategy.propose(n, self.redraw)
+        bad = [i for i, g in enumerate(genotypes) if self.valid is not None and not self.valid(g)]
+        live = [i for i in range(len(genotypes)) if i not in set(bad)]
+        scores: Optional[dict[int, float]] = None
+        keep = live
+        if self.screener is not None and live:
+            live_scores = self.screener([genotypes[i] for i in live])
+            scores = dict(zip(live, live_scores))
+            keep = [live[j] for j in top_k_indices(live_scores, cfg.screen.keep)]
         ppls = evaluate_cells(self.model, [genotypes[i] for i in keep], self.splits.valid, cfg.data.bptt,
                               s.reward_batches, st.valid_pos)
         rewards = [reward_from_ppl(p, s.reward_c, s.nonfinite_reward) for p in ppls]
-        stats = self.strategy.update(genotypes, handle, keep, rewards)
+        index, entry_rewards = list(keep), list(rewards)
+        if scores is not None and cfg.screen.screened_reward == "min" and len(keep) < len(live):
+            # Screened-out candidates count as no better than the worst evaluated child.
+            rest = [i for i in live if i not in set(keep)]
+            index += rest
+            entry_rewards += [min(rewards)] * len(rest)
+        index += bad
+        entry_rewards += [float(s.degenerate_reward)] * len(bad)
+        stats = self.strategy.update(handle, index, entry_rewards)
+        st.proposals += len(genotypes) + rejected
+        st.degenerate_proposals += len(bad) + rejected
         st.valid_pos += s.reward_batches * cfg.data.bptt
         if st.valid_pos >= self.splits.valid.size(0) - 1:
             st.valid_pos = 0
+        ranked = sorted(scores.values(), reverse=True) if scores is not None else []
         for j, i in enumerate(keep):
             g = genotypes[i]
             rec = {
@@ -224,36 +282,48 @@ class SearchRun:
                 "baseline": stats.baseline, "advantage": stats.advantages[j], "entropy": stats.entropies[j],
                 "diverged": not math.isfinite(ppls[j]),
             }
+            if self.valid is None:  # handling off: say which evaluated cells were degenerate
+                rec["degenerate"] = g.is_degenerate(bool(s.require_memory))
             if scores is not None:
                 rec["screen_score"] = scores[i]
-                rec["screen_rank"] = sorted(scores, reverse=True).index(scores[i])
+                rec["screen_rank"] = ranked.index(scores[i])
             st.records.append(rec)
-            self.history_file.write(json.dumps(rec) + "\n")
+            self.history_file.write(json.dumps(strict(rec)) + "\n")
             self.best_ppl = min(self.best_ppl, ppls[j])
-        self._log_controller(st.controller_step, ppls, stats, scores, keep)
+        if self.valid is None:
+            st.degenerate_proposals += sum(g.is_degenerate(bool(s.require_memory)) for g in genotypes)
+        share = (len(bad) + rejected) / (len(genotypes) + rejected)
+        self._log_controller(st.controller_step, ppls, stats, scores, keep, share)
         st.controller_step += 1
         self.bar.update(1)
         if self.hook is not None:
             self.hook("controller_step", st.controller_step)
 
-    def _log_controller(self, k: int, ppls: list[float], stats: Any, scores: Optional[list[float]], keep: list[int]) -> None:
+    def _log_controller(self, k: int, ppls: list[float], stats: Any, scores: Optional[dict[int, float]],
+                        keep: list[int], degenerate_share: float) -> None:
         w = self.writer
         finite = [p for p in ppls if math.isfinite(p)]
         if finite:
             w.add_scalar("controller/child_valid_ppl", sum(finite) / len(finite), k)
-        w.add_scalar("controller/reward", sum(stats.rewards) / len(stats.rewards), k)
+        if stats.rewards:
+            w.add_scalar("controller/reward", sum(stats.rewards) / len(stats.rewards), k)
+            w.add_scalar("controller/advantage", sum(stats.advantages) / len(stats.advantages), k)
+            w.add_scalar("controller/entropy", sum(stats.entropies) / len(stats.entropies), k)
         w.add_scalar("controller/baseline", stats.baseline, k)
-        w.add_scalar("controller/advantage", sum(stats.advantages) / len(stats.advantages), k)
-        w.add_scalar("controller/entropy", sum(stats.entropies) / len(stats.entropies), k)
         w.add_scalar("controller/loss", stats.loss, k)
-        if scores is not None:
+        w.add_scalar("controller/degenerate_share", degenerate_share, k)
+        if scores is not None and keep:
             w.add_scalar("screen/score_kept", sum(scores[i] for i in keep) / len(keep), k)
-            w.add_scalar("screen/score_all", sum(scores) / len(scores), k)
+            w.add_scalar("screen/score_all", sum(scores.values()) / len(scores), k)
 
     def end_epoch(self) -> None:
         """lr decay, the epoch's best cell to TensorBoard, and a checkpoint."""
         cfg, st, loop = self.cfg, self.state, self.loop
         st.epoch += 1
+        done = [sum(e[0] for e in st.epoch_proposals), sum(e[1] for e in st.epoch_proposals)]
+        st.epoch_proposals.append([st.proposals - done[0], st.degenerate_proposals - done[1]])
+        p, d = st.epoch_proposals[-1]
+        self.writer.add_scalar("controller/degenerate_share_epoch", d / p if p else 0.0, st.epoch)
         if st.epoch >= cfg.train.decay_start:
             loop.lr *= cfg.train.lr_decay
         epoch_recs = [r for r in st.records if r["epoch"] == st.epoch - 1 and math.isfinite(r["ppl"])]
@@ -270,8 +340,7 @@ class SearchRun:
                                 "strategy": self.strategy.state_dict()},
                 "loop": loop.to_dict(),
                 "hidden": loop.hidden,
-                "search": {"epoch": st.epoch, "controller_step": st.controller_step, "valid_pos": st.valid_pos,
-                           "records": st.records},
+                "search": dataclasses.asdict(st),
                 "generator": self.gen.get_state(),
                 "rng": rng_state(),
                 "wall_s": self.wall_before + time.perf_counter() - self.wall_t0,
@@ -280,13 +349,21 @@ class SearchRun:
         if self.hook is not None:
             self.hook("epoch", st.epoch)
 
+    def _last_epoch_share(self) -> Optional[float]:
+        if not self.state.epoch_proposals or not self.state.epoch_proposals[-1][0]:
+            return None
+        p, d = self.state.epoch_proposals[-1]
+        return d / p
+
     def write_outputs(self) -> dict[str, Any]:
         """Derive, then best_genotype.{json,png}, top_genotypes.json, metrics.json and TensorBoard's summary."""
         cfg, s, st, loop = self.cfg, self.cfg.search, self.state, self.loop
-        top = derive(self.model, self.strategy, self.splits.valid, cfg, s.derive_samples)
+        top = derive(self.model, self.strategy, self.splits.valid, cfg, s.derive_samples, self.valid)
+        for r in top[: s.top_k]:
+            r.update(describe(Genotype.from_dict(r["genotype"]), bool(s.require_memory)))
         best_g = Genotype.from_dict(top[0]["genotype"])
         write_text_atomic(self.run_dir / "best_genotype.json", best_g.to_json() + "\n")
-        write_text_atomic(self.run_dir / "top_genotypes.json", json.dumps(top[: s.top_k], indent=2))
+        write_json(self.run_dir / "top_genotypes.json", top[: s.top_k])
         fig = draw_genotype(best_g, self.run_dir / "best_genotype.png", title=f"best cell: derive ppl {top[0]['ppl']:.1f}")
         self.writer.add_figure("search/best_cell", fig, st.controller_step)
         self.writer.add_text("search/best_genotype", "```\n" + json.dumps(best_g.to_dict(), indent=1) + "\n```",
@@ -301,6 +378,16 @@ class SearchRun:
             "shared_steps": loop.step,
             "children_evaluated": len(st.records),
             "diverged_children": sum(r["diverged"] for r in st.records),
+            "degenerate_handling": s.degenerate,
+            "proposals": st.proposals,
+            "degenerate_proposals": st.degenerate_proposals,
+            "degenerate_share": st.degenerate_proposals / st.proposals if st.proposals else 0.0,
+            "degenerate_share_last_epoch": self._last_epoch_share(),
+            "degenerate_evaluated": sum(bool(r.get("degenerate")) for r in st.records),
+            "shared_degenerate_redrawn": st.shared_rejected,
+            "best_depends_on_input": top[0].get("depends_on_input"),
+            "best_has_memory": top[0].get("has_memory"),
+            "best_reference_distance": top[0].get("reference_distance"),
             "skipped_shared_steps": loop.skipped,
             "tokens_per_s": loop.tokens / loop.train_seconds if loop.train_seconds > 0 else 0.0,
             "wall_s": self.wall_before + time.perf_counter() - self.wall_t0,
@@ -308,18 +395,22 @@ class SearchRun:
         }
         self.writer.add_hparams(flat_hparams(self.cfg_dict), {"hparam/best_ppl": metrics["best_ppl"]}, run_name=".")
         self.writer.close()
-        write_text_atomic(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
+        write_json(self.run_dir / "metrics.json", metrics)
         return metrics
 
 
 @torch.no_grad()
-def derive(model: RNNLM, strategy: Strategy, valid: torch.Tensor, cfg: Any, n: int) -> list[dict[str, Any]]:
-    """Samples n cells, evaluates each distinct one on the *same* first ``derive_batches``
-    validation windows with the shared weights, and ranks them (best first).
+def derive(model: RNNLM, strategy: Strategy, valid: torch.Tensor, cfg: Any, n: int,
+           accept: Optional[Callable[[Genotype], bool]] = None) -> list[dict[str, Any]]:
+    """Samples n cells (only accepted ones when ``accept`` is given), evaluates each distinct one on
+    the *same* first ``derive_batches`` validation windows with the shared weights, re-evaluates the
+    best ``derive_rerank`` on ``derive_rerank_batches`` windows, and ranks them (best first).
 
-    Every candidate sees the same windows, unlike ENAS-pytorch's derive, which compared cells on
-    different single batches."""
-    genotypes, _ = strategy.propose(n)
+    Every candidate of a stage sees the same windows, unlike ENAS-pytorch's derive, which compared
+    cells on different single batches; the second stage gives the front runners enough tokens to be
+    told apart (what a shortlist is then chosen from)."""
+    s = cfg.search
+    genotypes, _, _ = strategy.propose(n, accept)
     seen: dict[str, dict[str, Any]] = {}
     todo: list[Genotype] = []
     for g in genotypes:
@@ -329,14 +420,31 @@ def derive(model: RNNLM, strategy: Strategy, valid: torch.Tensor, cfg: Any, n: i
             continue
         # Keep the spelling that was evaluated: on shared weights, node numbers and operand slots
         # pick weight rows, so the canonical respelling of a cell is a different supernet child.
-        seen[h] = {"hash": h, "ppl": math.nan, "count": 1, "genotype": g.to_dict()}
+        seen[h] = {"hash": h, "ppl": math.nan, "windows": s.derive_batches, "count": 1, "genotype": g.to_dict()}
         todo.append(g)
-    for g, ppl in zip(todo, evaluate_cells(model, todo, valid, cfg.data.bptt, cfg.search.derive_batches, 0)):
+    for g, ppl in zip(todo, evaluate_cells(model, todo, valid, cfg.data.bptt, s.derive_batches, 0)):
         seen[g.hash()]["ppl"] = ppl
     ranked = sorted(seen.values(), key=lambda r: (r["ppl"], r["hash"]))
+    more = int(s.get("derive_rerank_batches") or 0)
+    if more > s.derive_batches:
+        front = ranked[: int(s.get("derive_rerank") or 0)]
+        cells = [Genotype.from_dict(r["genotype"]) for r in front]
+        for r, ppl in zip(front, evaluate_cells(model, cells, valid, cfg.data.bptt, more, 0)):
+            r["ppl_first_stage"], r["ppl"], r["windows"] = r["ppl"], ppl, more
+        ranked = sorted(front, key=lambda r: (r["ppl"], r["hash"])) + ranked[len(front):]
     for rank, r in enumerate(ranked):
         r["rank"] = rank + 1
     return ranked
+
+
+def describe(g: Genotype, require_memory: bool = True) -> dict[str, Any]:
+    """What the shortlist and summaries say about a cell: degeneracy and distance to its space's reference."""
+    a = g.analysis()
+    ref, d = distance_to_reference(g)
+    return {"depends_on_input": a.depends_on_input, "has_memory": a.has_memory,
+            "degenerate": a.degenerate(require_memory), "why": a.why(require_memory),
+            "reference": ref, "reference_distance": None if d is None else d.value,
+            "distance_exact": None if d is None else d.exact}
 
 
 def _log_cell(writer: Any, tag: str, g: Genotype, ppl: float, step: int) -> None:

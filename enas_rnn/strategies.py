@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from enas_rnn.controller import Controller, ControllerConfig
-from enas_rnn.errors import ConfigError
+from enas_rnn.controller import Controller, ControllerConfig, Sample
+from enas_rnn.errors import ConfigError, UserError
 from enas_rnn.genotype import Genotype
 
 
@@ -27,12 +27,12 @@ class ReinforceConfig:
     baseline_decay: float = 0.95  # EMA of the reward (ENAS-pytorch 0.9, enas_lm 0.999)
     controller_lr: float = 3.5e-4  # Adam (Pham et al. 2018, 3.1)
     controller_clip: Optional[float] = None
-    screened_reward: str = "skip"  # how screened-out candidates enter the update (enas_rnn.screen)
 
 
 @dataclass
 class StepStats:
-    """What one strategy update reports (logged to TensorBoard and search_history.jsonl)."""
+    """What one strategy update reports, one entry per proposal that entered it (logged to
+    TensorBoard and search_history.jsonl)."""
 
     rewards: list[float]
     advantages: list[float]
@@ -41,19 +41,27 @@ class StepStats:
     loss: float
 
 
+Accept = Optional[Callable[[Genotype], bool]]
+
+
 class Strategy:
-    """Proposes cells and learns (or not) from their rewards."""
+    """Proposes cells and learns (or not) from their rewards.
 
-    def sample_for_training(self) -> Genotype:
-        """One child for one shared-weight training window."""
+    ``accept`` (when given) restricts proposals to the cells it accepts, e.g. those that are not
+    degenerate: draws are repeated until enough are accepted, and ``propose`` reports how many
+    draws were rejected on the way.
+    """
+
+    def sample_for_training(self, accept: Accept = None) -> tuple[Genotype, int]:
+        """One child for one shared-weight training window, and the number of rejected draws."""
         raise NotImplementedError
 
-    def propose(self, n: int) -> tuple[list[Genotype], Any]:
-        """n candidates and whatever the strategy needs to learn from them later."""
+    def propose(self, n: int, accept: Accept = None) -> tuple[list[Genotype], Any, int]:
+        """n candidates, whatever the strategy needs to learn from them later, and the rejected draws."""
         raise NotImplementedError
 
-    def update(self, genotypes: Sequence[Genotype], handle: Any, keep: Sequence[int], rewards: Sequence[float]) -> StepStats:
-        """Learns from the rewards of the kept candidates (indices into the proposal)."""
+    def update(self, handle: Any, index: Sequence[int], rewards: Sequence[float]) -> StepStats:
+        """Learns from ``rewards[j]`` of proposal ``index[j]``."""
         raise NotImplementedError
 
     def to(self, device: torch.device) -> "Strategy":
@@ -67,21 +75,44 @@ class Strategy:
         pass
 
 
+#: Draws tried per wanted cell before giving up on finding an accepted one.
+MAX_DRAWS_PER_CELL = 1000
+
+
 class RandomStrategy(Strategy):
-    """Uniform sampling with weight sharing (Li & Talwalkar 2019): the control experiment."""
+    """Uniform sampling with weight sharing (Li & Talwalkar 2019): the control experiment.
+    With ``accept``, uniform over the accepted subset."""
 
     def __init__(self, space: Any, generator: torch.Generator) -> None:
         self.space = space
         self.generator = generator
 
-    def sample_for_training(self) -> Genotype:
-        return self.space.sample(self.generator)
+    def _draw(self, accept: Accept) -> tuple[Genotype, int]:
+        for tries in range(MAX_DRAWS_PER_CELL):
+            g = self.space.sample(self.generator)
+            if accept is None or accept(g):
+                return g, tries
+        raise SearchSpaceExhausted(self.space, MAX_DRAWS_PER_CELL)
 
-    def propose(self, n: int) -> tuple[list[Genotype], Any]:
-        return [self.space.sample(self.generator) for _ in range(n)], None
+    def sample_for_training(self, accept: Accept = None) -> tuple[Genotype, int]:
+        return self._draw(accept)
 
-    def update(self, genotypes, handle, keep, rewards) -> StepStats:
-        return StepStats(list(rewards), [0.0] * len(rewards), [0.0] * len(rewards), 0.0, 0.0)
+    def propose(self, n: int, accept: Accept = None) -> tuple[list[Genotype], Any, int]:
+        draws = [self._draw(accept) for _ in range(n)]
+        return [g for g, _ in draws], None, sum(r for _, r in draws)
+
+    def update(self, handle: Any, index: Sequence[int], rewards: Sequence[float]) -> StepStats:
+        n = len(rewards)
+        return StepStats(list(rewards), [0.0] * n, [0.0] * n, 0.0, 0.0)
+
+
+class SearchSpaceExhausted(UserError):
+    """No acceptable cell in many draws: the space (or a collapsed policy) offers none."""
+
+    def __init__(self, space: Any, draws: int) -> None:
+        super().__init__(
+            f"no acceptable cell in {draws} draws from {space!r}: every draw was degenerate. Use more nodes "
+            "(space.num_nodes), or search.require_memory=false to accept cells without a working memory")
 
 
 class ENASStrategy(Strategy):
@@ -99,30 +130,42 @@ class ENASStrategy(Strategy):
         return self
 
     @torch.no_grad()
-    def sample_for_training(self) -> Genotype:
+    def sample_for_training(self, accept: Accept = None) -> tuple[Genotype, int]:
         self.controller.eval()
-        return self.controller.sample(1, self.generator).genotypes[0]
+        for tries in range(MAX_DRAWS_PER_CELL):
+            g = self.controller.sample(1, self.generator).genotypes[0]
+            if accept is None or accept(g):
+                return g, tries
+        raise SearchSpaceExhausted(self.controller.space, MAX_DRAWS_PER_CELL)
 
-    def propose(self, n: int) -> tuple[list[Genotype], Any]:
+    def propose(self, n: int, accept: Accept = None) -> tuple[list[Genotype], Any, int]:
         self.controller.train()
         sample = self.controller.sample(n, self.generator)
-        return sample.genotypes, sample
+        if accept is None:
+            return sample.genotypes, sample, 0
+        # Rejection sampling: the update then only sees accepted cells (the policy conditioned on
+        # acceptance; its normaliser's gradient is ignored, which is why penalty mode is the default).
+        parts, got, rejected = [], 0, 0
+        for _ in range(MAX_DRAWS_PER_CELL):
+            keep = [i for i, g in enumerate(sample.genotypes) if accept(g)]
+            rejected += len(sample.genotypes) - len(keep)
+            keep = keep[: n - got]
+            if keep:
+                parts.append(sample.select(keep))
+                got += len(keep)
+            if got == n:
+                return [g for p in parts for g in p.genotypes], Sample.cat(parts), rejected
+            sample = self.controller.sample(n - got, self.generator)
+        raise SearchSpaceExhausted(self.controller.space, MAX_DRAWS_PER_CELL * n)
 
-    def update(self, genotypes, handle, keep, rewards) -> StepStats:
+    def update(self, handle: Any, index: Sequence[int], rewards: Sequence[float]) -> StepStats:
         sample = handle
-        rewards = list(rewards)
-        idx = list(keep)
-        if self.cfg.screened_reward == "min" and len(idx) < len(genotypes):
-            # Screened-out candidates count as no better than the worst evaluated child.
-            worst = min(rewards)
-            rest = [i for i in range(len(genotypes)) if i not in set(idx)]
-            idx += rest
-            rewards += [worst] * len(rest)
-        index = torch.tensor(idx, device=sample.log_prob.device)
-        log_prob = sample.log_prob[index]
-        entropy = sample.entropy[index]
+        idx = torch.tensor(list(index), device=sample.log_prob.device)
+        log_prob = sample.log_prob[idx]
+        entropy = sample.entropy[idx]
         # The entropy bonus is part of the reward, as in enas_lm and ENAS-pytorch.
-        reward = torch.tensor(rewards, dtype=log_prob.dtype, device=log_prob.device) + self.cfg.entropy_weight * entropy.detach()
+        reward = torch.tensor(list(rewards), dtype=log_prob.dtype, device=log_prob.device) \
+            + self.cfg.entropy_weight * entropy.detach()
         mean_reward = float(reward.mean())
         if self.baseline is None:
             self.baseline = mean_reward  # start at the first reward instead of 0: no initial bias
@@ -136,11 +179,10 @@ class ENASStrategy(Strategy):
         self.optimizer.step()
         baseline_used = self.baseline
         self.baseline = self.cfg.baseline_decay * self.baseline + (1 - self.cfg.baseline_decay) * mean_reward
-        n_eval = len(keep)
         return StepStats(
-            rewards=reward.tolist()[:n_eval],
-            advantages=advantage.tolist()[:n_eval],
-            entropies=entropy.tolist()[:n_eval],
+            rewards=reward.tolist(),
+            advantages=advantage.tolist(),
+            entropies=entropy.tolist(),
             baseline=baseline_used,
             loss=float(loss.detach()),
         )

@@ -58,13 +58,13 @@ def test_reinforce_learns_a_toy_reward(space_name: str) -> None:
 
     def mean_share(n: int = 64) -> float:
         with torch.no_grad():
-            gs, _ = strat.propose(n)
+            gs, _, _ = strat.propose(n)
         return sum(map(_tanh_share, gs)) / n
 
     start = mean_share()
     for _ in range(150):
-        gs, handle = strat.propose(8)
-        strat.update(gs, handle, list(range(8)), [_tanh_share(g) for g in gs])
+        gs, handle, _ = strat.propose(8)
+        strat.update(handle, list(range(8)), [_tanh_share(g) for g in gs])
     end = mean_share()
     assert start < 0.45 and end > 0.7, (start, end)
 
@@ -74,8 +74,27 @@ def test_random_strategy_does_not_learn_and_is_seeded() -> None:
     a = RandomStrategy(space, torch.Generator().manual_seed(0)).propose(5)[0]
     b = RandomStrategy(space, torch.Generator().manual_seed(0)).propose(5)[0]
     assert [g.hash() for g in a] == [g.hash() for g in b]
-    stats = RandomStrategy(space, torch.Generator()).update(a, None, [0, 1], [0.5, 0.25])
+    stats = RandomStrategy(space, torch.Generator()).update(None, [0, 1], [0.5, 0.25])
     assert stats.advantages == [0.0, 0.0] and stats.loss == 0.0
+
+
+@pytest.mark.parametrize("strategy", ["enas", "random"])
+def test_accept_restricts_proposals_and_counts_rejections(strategy: str) -> None:
+    space = make_space("lstm", 4)
+    gen = torch.Generator().manual_seed(0)
+    strat = (ENASStrategy(Controller(space), ReinforceConfig(), gen) if strategy == "enas"
+             else RandomStrategy(space, gen))
+
+    def accept(g) -> bool:
+        return not g.is_degenerate()
+
+    gs, handle, rejected = strat.propose(12, accept)
+    assert len(gs) == 12 and all(accept(g) for g in gs) and rejected > 0  # a 4-node space is mostly degenerate
+    if strategy == "enas":
+        assert handle.log_prob.shape == (12,) and handle.genotypes == gs
+        strat.update(handle, list(range(12)), [1.0] * 12)  # the merged batch is differentiable
+    g, _ = strat.sample_for_training(accept)
+    assert accept(g)
 
 
 def test_top_k_keeps_exactly_the_best() -> None:

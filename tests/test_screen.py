@@ -48,7 +48,9 @@ def recording(monkeypatch) -> list[list[float]]:
 def test_screened_search_evaluates_exactly_the_top_k(tiny_corpus: Path, tmp_path: Path, monkeypatch, name: str) -> None:
     calls = recording(monkeypatch)
     out = tmp_path / "run"
-    metrics = run_search(search_cfg(tiny_corpus, f"screen={name}", "screen.candidates=5", "screen.keep=2"), out)
+    # resample: every proposal is a valid cell, so each step scores exactly 5 candidates
+    metrics = run_search(search_cfg(tiny_corpus, f"screen={name}", "screen.candidates=5", "screen.keep=2",
+                                    "search.degenerate=resample"), out)
     lines = [json.loads(l) for l in (out / "search_history.jsonl").read_text().splitlines()]
     steps = 2 * 5  # epochs x controller steps
     assert len(calls) == steps and all(len(c) == 5 for c in calls)
@@ -70,6 +72,13 @@ def test_screened_search_evaluates_exactly_the_top_k(tiny_corpus: Path, tmp_path
     acc.Reload()
     assert {"screen/score_kept", "screen/score_all"} <= set(acc.Tags()["scalars"])
     assert len(acc.Scalars("screen/score_kept")) == steps
+
+
+def test_degenerate_candidates_are_never_scored(tiny_corpus: Path, tmp_path: Path, monkeypatch) -> None:
+    calls = recording(monkeypatch)
+    metrics = run_search(search_cfg(tiny_corpus, "screen=mrs", "screen.candidates=6", "screen.keep=1"), tmp_path / "r")
+    assert metrics["degenerate_proposals"] > 0  # a 4-node lstm space is mostly degenerate
+    assert sum(len(c) for c in calls) == metrics["proposals"] - metrics["degenerate_proposals"]
 
 
 def test_screener_is_stateless_and_caches_duplicates() -> None:

@@ -31,7 +31,16 @@ def test_smoke_search_writes_every_output(tiny_corpus: Path, tmp_path: Path, spa
     assert [t["ppl"] for t in top] == sorted(t["ppl"] for t in top)
     assert (out / "best_genotype.png").stat().st_size > 1000
     lines = [json.loads(l) for l in (out / "search_history.jsonl").read_text().splitlines()]
-    assert len(lines) == metrics["children_evaluated"] == 2 * 5  # epochs x controller steps x 1 child
+    assert len(lines) == metrics["children_evaluated"]
+    # Every proposal of the 10 steps (epochs x controller steps x 1 child) was either evaluated or,
+    # being degenerate, penalised without evaluation (random search redraws instead).
+    if strategy == "enas":
+        assert metrics["proposals"] == 10
+        assert metrics["children_evaluated"] + metrics["degenerate_proposals"] == 10
+    else:
+        assert metrics["children_evaluated"] == 10
+    assert all(not Genotype.from_dict(l["genotype"]).is_degenerate() for l in lines)
+    assert not best.is_degenerate() and not any(t["degenerate"] for t in top)
     for key in ("step", "hash", "genotype", "ppl", "reward", "baseline", "entropy"):
         assert key in lines[0]
     assert metrics["controller_steps"] == 10 and metrics["shared_steps"] == 20
@@ -117,6 +126,6 @@ def test_best_genotype_file_reproduces_its_derive_perplexity(tiny_corpus: Path, 
     top = json.loads((out / "top_genotypes.json").read_text())
     for entry in top[:3]:
         g = Genotype.from_dict(entry["genotype"])
-        ppl = perplexity(evaluate(model, splits.valid, cfg.data.bptt, cfg.search.derive_batches, 0, genotype=g))
+        ppl = perplexity(evaluate(model, splits.valid, cfg.data.bptt, entry["windows"], 0, genotype=g))
         assert ppl == pytest.approx(entry["ppl"], rel=1e-6)
     assert Genotype.from_json(out / "best_genotype.json") == Genotype.from_dict(top[0]["genotype"])

@@ -120,6 +120,8 @@ class SearchSpace:
     named: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     #: One line under the cell's picture explaining its edge labels.
     picture_note: ClassVar[str] = ""
+    #: The named cell distances are measured to (``enas_rnn.distance``), if any.
+    reference: ClassVar[Optional[str]] = None
 
     # ------------------------------------------------------------------ genotype semantics
     @classmethod
@@ -150,6 +152,12 @@ class SearchSpace:
     @classmethod
     def formula(cls, g: Genotype) -> list[str]:
         """The cell as readable equations, one per line (docstrings, TensorBoard, summaries)."""
+        raise NotImplementedError
+
+    @classmethod
+    def structure(cls, g: Genotype) -> tuple[dict[str, str], list[str], list[tuple[str, str, str]]]:
+        """The cell as a labelled DAG for edit distances: free nodes (key -> label, topological order),
+        anchors that only match themselves (inputs, outputs), and (source, target, label) edges."""
         raise NotImplementedError
 
     @classmethod

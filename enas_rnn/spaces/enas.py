@@ -205,6 +205,7 @@ class ENASSpace(SearchSpace):
     inputs: ClassVar[tuple[str, ...]] = ("xh",)
     output_names: ClassVar[tuple[str, ...]] = ()
     picture_note: ClassVar[str] = "edge label: f in s_l = s_j + σ(c)·(f(h~) − s_j); h_t = mean of loose ends"
+    reference: ClassVar[Optional[str]] = "enas_paper"
     named: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         # The ENAS Penn Treebank cell (Pham et al. 2018, Fig. 6): 12 nodes, only tanh and ReLU,
         # h_t the mean of 6 loose ends. Decoded from the authors' code, melodyguan/enas
@@ -323,6 +324,13 @@ class ENASSpace(SearchSpace):
             out.append(f"{node_ref(i)} = highway({node.act}) from {src}")
         out.append("h_t = mean(" + ", ".join(node_ref(i) for i in cls.loose_ends(g)) + ")")
         return out
+
+    @classmethod
+    def structure(cls, g: Genotype) -> tuple[dict[str, str], list[str], list[tuple[str, str, str]]]:
+        nodes = {node_ref(i): "highway" for i in range(1, g.num_nodes + 1)}
+        edges = [(n.input, node_ref(i), n.act) for i, n in enumerate(g.nodes, 1)]
+        edges += [(node_ref(i), "avg", "") for i in cls.loose_ends(g)]
+        return nodes, ["xh", "avg"], edges
 
     @classmethod
     def graph(cls, g: Genotype) -> tuple[list[GraphBox], list[GraphEdge]]:

@@ -296,6 +296,7 @@ class LSTMSpace(SearchSpace):
     inputs: ClassVar[tuple[str, ...]] = INPUTS
     output_names: ClassVar[tuple[str, ...]] = OUTPUT_NAMES
     picture_note: ClassVar[str] = "edge label: activation; (W·) = own affine map of [x_t, h_{t-1}]"
+    reference: ClassVar[Optional[str]] = "lstm"
     named: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         # Vanilla LSTM (Hochreiter & Schmidhuber 1997; gate layout of torch.nn.LSTM):
         #   n1 = i * g, n2 = c_{t-1} * f, c_t = n3 = n1 + n2, h_t = n4 = tanh(c_t) * o.
@@ -473,6 +474,14 @@ class LSTMSpace(SearchSpace):
                        + ("" if i in live else "   (dead)"))
         out.append(f"h_t = {g.outputs['h']}, c_t = {g.outputs['c']}")
         return out
+
+    @classmethod
+    def structure(cls, g: Genotype) -> tuple[dict[str, str], list[str], list[tuple[str, str, str]]]:
+        live = g.live_nodes()
+        nodes = {node_ref(i): g.nodes[i - 1].op for i in live}
+        edges = [(o.source, node_ref(i), o.act) for i in live for o in g.nodes[i - 1].inputs]
+        edges += [(g.outputs["h"], "out_h", ""), (g.outputs["c"], "out_c", "")]
+        return nodes, ["xh", "c", "out_h", "out_c"], edges
 
     @classmethod
     def graph(cls, g: Genotype) -> tuple[list[GraphBox], list[GraphEdge]]:
