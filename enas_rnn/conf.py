@@ -27,7 +27,7 @@ from enas_rnn.errors import ConfigError
 from enas_rnn.model import ModelConfig
 from enas_rnn.scores import SCORES, HiddenCovConfig, MRSConfig
 from enas_rnn.screen import SCREENED_REWARDS, ScreenConfig
-from enas_rnn.search import SearchConfig
+from enas_rnn.search import DEGENERATE_MODES, SearchConfig
 from enas_rnn.spaces import SpaceConfig
 from enas_rnn.strategies import STRATEGIES
 from enas_rnn.train import TrainConfig
@@ -124,6 +124,13 @@ def validate_search(cfg: Any) -> None:
     if sc.screened_reward not in SCREENED_REWARDS:
         raise ConfigError(f"invalid config value screen.screened_reward={sc.screened_reward!r}: valid values are "
                           f"{', '.join(SCREENED_REWARDS)}")
+    if s.degenerate not in DEGENERATE_MODES:
+        raise ConfigError(f"invalid config value search.degenerate={s.degenerate!r}: valid values are "
+                          f"{', '.join(DEGENERATE_MODES)}")
+    if s.time_budget_s is not None and not s.time_budget_s > 0:
+        raise ConfigError(f"invalid config value search.time_budget_s={s.time_budget_s!r}: valid values are seconds > 0 or null")
+    if s.time_budget_clock not in ("wall", "process"):
+        raise ConfigError(f"invalid config value search.time_budget_clock={s.time_budget_clock!r}: valid values are wall, process")
     if sc.name != "none" and not 1 <= sc.keep <= sc.candidates:
         raise ConfigError(f"screen.keep={sc.keep} must be between 1 and screen.candidates={sc.candidates}")
 
@@ -149,6 +156,9 @@ class CompareAppConfig:
     param_tolerance: float = 0.02  # |params_cell / params_lstm - 1| allowed for the matched sizing
     alpha: float = 0.05  # significance level of the Welch t-test in the verdict
     plot: bool = True  # learning_curves.png
+    # A folder shared by several comparisons: nn.LSTM runs with identical settings are trained once
+    # there and reused (e.g. by the pipelines of a study); None keeps them inside the comparison.
+    baseline_cache: Optional[str] = None
     device: str = "auto"
     experiment: Optional[str] = None
 
@@ -194,6 +204,61 @@ class MRSAppConfig:
     experiment: Optional[str] = None
 
 
+@dataclass
+class SelectConfig:
+    """The pipeline's final choice: the search's top cells retrained from scratch for a short budget
+    (the practice of DARTS and of random search with weight sharing, Li & Talwalkar 2019)."""
+
+    k: int = 3  # cells of the derived ranking (top_genotypes.json) retrained
+    max_steps: int = 500  # from-scratch budget per cell (train.* settings otherwise)
+    eval_batches: Optional[int] = None  # validation windows of the choice; None: the whole split
+
+
+@dataclass
+class PipelineCompareConfig:
+    """The comparison stage of the pipeline (see CompareAppConfig)."""
+
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    sizings: list[Sizing] = field(default_factory=lambda: [Sizing.same, Sizing.matched])
+    param_tolerance: float = 0.02
+    alpha: float = 0.05
+    baseline_cache: Optional[str] = None  # share nn.LSTM runs across pipelines (see CompareAppConfig)
+
+
+@dataclass
+class PipelineExportConfig:
+    """The export stage of the pipeline (see ExportAppConfig)."""
+
+    whole_model: bool = False
+
+
+@dataclass
+class PipelineAppConfig:
+    """`enas-pipeline`: search -> shortlist retraining -> comparison with nn.LSTM -> export, in one folder.
+
+    The search keys are enas-search's (``space``, ``controller``, ``search``, ``screen``) with the
+    supernet's language model in ``supernet`` and its SGD in ``shared_train``; ``model`` and ``train``
+    describe the retrained models (shortlist and comparison), as in enas-compare.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    supernet: ModelConfig = field(default_factory=ModelConfig)
+    shared_train: TrainConfig = field(default_factory=TrainConfig)
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    screen: ScreenConfig = field(default_factory=ScreenConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    compare: PipelineCompareConfig = field(default_factory=PipelineCompareConfig)
+    export: PipelineExportConfig = field(default_factory=PipelineExportConfig)
+    seed: int = 0
+    device: str = "auto"
+    resume: Optional[str] = None  # a pipeline folder to continue (finished stages are kept)
+    experiment: Optional[str] = None
+
+
 def register_configs() -> None:
     """Registers the schemas; YAML files in conf/ name them in their defaults lists."""
     cs = ConfigStore.instance()
@@ -202,6 +267,7 @@ def register_configs() -> None:
     cs.store(name="compare_schema", node=CompareAppConfig)
     cs.store(name="export_schema", node=ExportAppConfig)
     cs.store(name="mrs_schema", node=MRSAppConfig)
+    cs.store(name="pipeline_schema", node=PipelineAppConfig)
 
 
 __all__ = [

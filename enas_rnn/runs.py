@@ -6,8 +6,13 @@ only place that turns a data config into [T, B] streams.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import math
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +21,7 @@ import torch
 
 from enas_rnn.checkpoint import write_text_atomic
 from enas_rnn.corpus import Corpus, batchify, load_corpus, resolve_root
-from enas_rnn.errors import ConfigError
+from enas_rnn.errors import ConfigError, UserError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -79,6 +84,41 @@ def strict(o: Any) -> Any:
 def write_json(path: str | Path, obj: Any) -> Path:
     """Writes strict JSON atomically (NaN and infinities become null, so every reader accepts it)."""
     return write_text_atomic(path, json.dumps(strict(obj), indent=2, allow_nan=False) + "\n")
+
+
+class RunFolderBusy(UserError):
+    """Another process holds the run folder's lock."""
+
+
+LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path, what: str = "run", wait: bool = False) -> Iterator[None]:
+    """Holds ``<folder>/.lock`` (an OS file lock, released even if the process dies) while the block runs.
+
+    Without ``wait`` a second process is refused with a message naming the folder; with ``wait`` it
+    blocks until the first is done (e.g. two pipelines that need the same cached baseline run).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise RunFolderBusy(
+                f"{folder} is in use by another {what} that is still running (it holds {folder / LOCK_NAME}): "
+                "wait for it to finish, or start this one in another folder (hydra.run.dir=<new folder>)"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def config_digest(obj: Any) -> str:
+    """A short, stable id of a JSON-able config (names cache folders)."""
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 def flat_hparams(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -70,9 +70,10 @@ from enas_rnn.supernet import build_supernet, evaluate_cells
 from enas_rnn.train import LoopState, StepResult, perplexity, train_steps
 from enas_rnn.viz import draw_genotype
 
-__all__ = ["SearchConfig", "SearchState", "SearchRun", "derive", "Hook"]
+__all__ = ["SearchConfig", "SearchState", "SearchRun", "derive", "describe", "Hook", "DEGENERATE_MODES"]
 
 Hook = Callable[[str, int], None]  # (event, counter): lets tests interrupt a run at a chosen point
+DEGENERATE_MODES: tuple[str, ...] = ("penalty", "resample", "off")
 
 
 @dataclass
@@ -107,6 +108,11 @@ class SearchConfig:
     derive_rerank: int = 10
     derive_rerank_batches: int = 40
     top_k: int = 5  # cells kept in top_genotypes.json
+    # Stop after the first epoch that ends past this many seconds (then derive as usual): searches that
+    # differ in cost per step (e.g. with and without screening) compared at equal budget. "process" counts
+    # this process's CPU time (fair on a shared machine; equal to wall time on a dedicated core).
+    time_budget_s: Optional[float] = None
+    time_budget_clock: str = "wall"  # wall | process
 
 
 @dataclass
@@ -122,6 +128,7 @@ class SearchState:
     shared_draws: int = 0  # children drawn for shared-phase windows (redraws included)
     shared_rejected: int = 0  # of which degenerate and redrawn
     epoch_proposals: list[list[int]] = field(default_factory=list)  # per epoch: [proposals, degenerate]
+    budget_used_s: float = 0.0  # seconds counted against search.time_budget_s (across resumes)
 
 
 def reinforce_config(cfg: Any) -> ReinforceConfig:
@@ -196,11 +203,15 @@ class SearchRun:
     # ------------------------------------------------------------------ the run
     def run(self) -> dict[str, Any]:
         """All remaining epochs, then derive and the outputs; returns the metrics."""
+        s = self.cfg.search
+        clock = time.process_time if s.time_budget_clock == "process" else time.perf_counter
         with open(self.history_path, "a") as self.history_file:
-            while self.state.epoch < self.cfg.search.epochs:
+            while self.state.epoch < s.epochs and not self._over_budget():
+                t0 = clock()
                 self.shared_phase()
-                for _ in range(self.cfg.search.controller_steps):
+                for _ in range(s.controller_steps):
                     self.controller_step()
+                self.state.budget_used_s += clock() - t0
                 self.end_epoch()
         self.bar.close()
         return self.write_outputs()
@@ -349,6 +360,10 @@ class SearchRun:
         if self.hook is not None:
             self.hook("epoch", st.epoch)
 
+    def _over_budget(self) -> bool:
+        budget = self.cfg.search.time_budget_s
+        return budget is not None and self.state.budget_used_s >= budget
+
     def _last_epoch_share(self) -> Optional[float]:
         if not self.state.epoch_proposals or not self.state.epoch_proposals[-1][0]:
             return None
@@ -374,6 +389,8 @@ class SearchRun:
             "best_ppl": top[0]["ppl"],
             "best_hash": top[0]["hash"],
             "epochs": st.epoch,
+            "budget_used_s": st.budget_used_s,
+            "stopped_by_budget": self._over_budget() and st.epoch < s.epochs,
             "controller_steps": st.controller_step,
             "shared_steps": loop.step,
             "children_evaluated": len(st.records),

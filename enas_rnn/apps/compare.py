@@ -47,7 +47,7 @@ from enas_rnn.conf import Sizing, TrainAppConfig, validate_common
 from enas_rnn.errors import ConfigError, TrainingDiverged
 from enas_rnn.genotype import Genotype, load_genotype
 from enas_rnn.model import CoreKind, count_parameters
-from enas_rnn.runs import strict, vocab_size_of
+from enas_rnn.runs import config_digest, folder_lock, strict, vocab_size_of
 from enas_rnn.stats import mean_sd, to_markdown, welch_p
 
 log = logging.getLogger(__name__)
@@ -476,6 +476,14 @@ def run_compare(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             metrics, status, folder = results[spec.alias_of], "same run as " + spec.alias_of, run_dir / "runs" / spec.alias_of
             log.info("[%d/%d] %s: the matched hidden size equals the configured one; %s is reused",
                      k, len(plan), spec.name, spec.alias_of)
+        elif spec.model == BASELINE and cfg.get("baseline_cache"):
+            # Identical baseline runs are shared across comparisons: the folder is named after the
+            # run's config, and a second process waits for the first to finish training it.
+            folder = Path(cfg.baseline_cache).expanduser().resolve() / f"{spec.name}-{config_digest(_identity(spec.cfg))}"
+            log.info("[%d/%d] %s (hidden %d) in the baseline cache %s", k, len(plan), spec.name, spec.hidden_size, folder)
+            with folder_lock(folder, "baseline run", wait=True):
+                metrics, status = run_one(spec, folder)
+            results[spec.name] = metrics
         else:
             folder = run_dir / "runs" / spec.name
             log.info("[%d/%d] %s (hidden %d)", k, len(plan), spec.name, spec.hidden_size)
