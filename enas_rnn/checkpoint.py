@@ -7,7 +7,9 @@ code on load.
 
 from __future__ import annotations
 
+import logging
 import os
+import pickle
 import random
 import tempfile
 from pathlib import Path
@@ -17,6 +19,8 @@ import numpy as np
 import torch
 
 from enas_rnn.errors import CheckpointError
+
+log = logging.getLogger(__name__)
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -53,17 +57,37 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Writes to a temporary file in the same folder, then renames: never half a checkpoint."""
+def previous(path: str | Path) -> Path:
+    """Where the checkpoint before ``path`` is kept (``last.pt`` -> ``last.prev.pt``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    return path.with_name(path.stem + ".prev" + path.suffix)
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any], keep_previous: bool = True) -> Path:
+    """Writes to a temporary file in the same folder, then renames: never half a checkpoint.
+
+    With ``keep_previous`` the checkpoint it replaces stays as ``<name>.prev.pt``, so a checkpoint
+    that is later found corrupt still has a predecessor to resume from. A failed write (a full disk,
+    an unwritable folder) raises CheckpointError and leaves the existing checkpoints untouched.
+    """
+    path = Path(path)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         torch.save(payload, tmp)
+        if keep_previous and path.exists():
+            os.replace(path, previous(path))
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch reports a failed write as a RuntimeError
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:120]
+        raise CheckpointError(
+            f"cannot write checkpoint {path} ({reason}): is the disk full or the folder read-only? The earlier "
+            f"checkpoints are kept; free space, then continue with resume={path.parent.parent}"
+        ) from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path
 
@@ -87,6 +111,16 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return path
 
 
+def _why_unreadable(exc: Exception) -> str:
+    """A short reason for a failed load, without torch's internal advice (e.g. to set weights_only=False)."""
+    text = str(exc)
+    if "GLOBAL" in text or "Unsupported global" in text or "can still be loaded" in text:
+        return "it holds Python objects other than tensors and plain values, which are never loaded"
+    if isinstance(exc, (pickle.UnpicklingError, EOFError)) or "zip archive" in text or "central directory" in text:
+        return "the file is truncated or corrupt"
+    return f"{type(exc).__name__}"
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Loads a checkpoint safely; a missing or corrupt file gives a CheckpointError with the fix."""
     path = Path(path)
@@ -98,14 +132,39 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for truncated/garbled files
-        raise CheckpointError(
-            f"checkpoint {path} is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-            "it is corrupt or not an enas_rnn checkpoint: delete it and resume from an earlier one, "
-            "or start a new run"
-        ) from None
+        raise CheckpointError(f"checkpoint {path} is unreadable ({_why_unreadable(exc)}); it is not a usable "
+                              "enas_rnn checkpoint") from None
     if not isinstance(payload, dict) or "state_dicts" not in payload or "config" not in payload:
-        raise CheckpointError(f"{path} is not an enas_rnn checkpoint (no config/state_dicts): start a new run")
+        raise CheckpointError(f"{path} is not an enas_rnn checkpoint (no config/state_dicts)")
     return payload
+
+
+def load_resumable(run_dir: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The newest readable checkpoint of a run: ``last.pt``, else the one it replaced (``last.prev.pt``).
+
+    Falling back is logged; when neither can be read the message says that the run cannot continue.
+    """
+    last = checkpoint_dir(run_dir) / LAST
+    if not last.is_file() and not previous(last).is_file():
+        raise CheckpointError(f"no checkpoint in {run_dir} (checkpoints/{LAST} is missing): resume= needs the folder "
+                              "of a run that wrote checkpoints; drop resume= to start a new run")
+    errors = []
+    for path in (last, previous(last)):
+        if not path.is_file():
+            continue
+        try:
+            payload = load_checkpoint(path, map_location)
+        except CheckpointError as exc:
+            errors.append(str(exc))
+            continue
+        if path != last:
+            log.warning("%s; resuming from the checkpoint before it, %s (step %s)", errors[0], path.name,
+                        payload.get("step"))
+        return payload
+    raise CheckpointError(
+        f"the run in {run_dir} cannot be resumed: {'; '.join(errors)}. Start a new run in a new folder "
+        "(drop resume=); its checkpoints/best.pt, if readable, still holds the best weights"
+    )
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:

@@ -15,9 +15,10 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
+from omegaconf import OmegaConf
 
 from enas_rnn.checkpoint import write_text_atomic
 from enas_rnn.corpus import Corpus, batchify, load_corpus, resolve_root
@@ -116,20 +117,51 @@ def folder_lock(folder: str | Path, what: str = "run", wait: bool = False) -> It
         os.close(fd)  # closing the descriptor releases the lock
 
 
+#: What an app leaves in a run folder once it has started (Hydra's own .hydra/ and log do not count).
+RUN_MARKERS: tuple[str, ...] = ("metrics.json", "checkpoints", "search_history.jsonl", "diverged.json")
+
+
+def refuse_occupied(run_dir: str | Path, app: str) -> None:
+    """A fresh run never writes into a folder that holds another run: it would replace its files."""
+    run_dir = Path(run_dir)
+    found = [m for m in RUN_MARKERS if (run_dir / m).exists()]
+    if found:
+        state = "a finished" if (run_dir / "metrics.json").exists() else "an unfinished"
+        raise ConfigError(
+            f"{run_dir} already holds {state} run ({', '.join(found)}); nothing was changed. Continue it with "
+            f"{app} resume={run_dir}, or start a new run in another folder (drop hydra.run.dir= for a fresh one)"
+        )
+
+
+#: Keys a resumed run takes from the new command; every other override must agree with the saved run.
+FOLLOW_ON_RESUME: tuple[str, ...] = ("resume", "device", "train.progress", "shared_train.progress", "experiment")
+
+
+def check_resume_overrides(overrides: Sequence[str], given: Any, saved: Any) -> None:
+    """Refuses command-line overrides that a resumed run cannot apply (its saved config is its identity).
+
+    ``overrides`` are the ``key=value`` strings of the command (Hydra's ``overrides.task``), ``given``
+    the config they composed and ``saved`` the run's own. An override whose key has the same value in
+    both is harmless; one that would change the run is an error naming both values.
+    """
+    bad = []
+    for o in overrides:
+        key = o.partition("=")[0].lstrip("+~").split("@")[-1]
+        if key.startswith("hydra") or key in FOLLOW_ON_RESUME:
+            continue
+        new, old = OmegaConf.select(given, key, default=None), OmegaConf.select(saved, key, default=None)
+        as_plain = (lambda v: OmegaConf.to_container(v, resolve=True, enum_to_str=True)  # noqa: E731
+                    if OmegaConf.is_config(v) else (v.value if hasattr(v, "value") else v))
+        if as_plain(new) != as_plain(old):
+            shown = as_plain(old)
+            bad.append(f"{o} (the run has {key}={shown})" if not isinstance(shown, (dict, list)) else o)
+    if bad:
+        raise ConfigError(
+            "resume= continues a saved run with its own settings, so these overrides cannot apply: "
+            + "; ".join(bad) + ". Drop them, or start a new run without resume="
+        )
+
+
 def config_digest(obj: Any) -> str:
     """A short, stable id of a JSON-able config (names cache folders)."""
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
-def flat_hparams(d: dict, prefix: str = "") -> dict[str, Any]:
-    """Flattens a config for TensorBoard's hparams tab (scalars and strings only)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flat_hparams(v, key + "."))
-        elif isinstance(v, (int, float, str, bool)):
-            out[key] = v
-        elif v is None:
-            out[key] = "null"
-    return out

@@ -25,17 +25,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from omegaconf import OmegaConf
-from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
+from enas_rnn.board import PPL_CAP, cell_markdown, hparams, open_writer
 from enas_rnn.checkpoint import (
     LAST,
     checkpoint_dir,
@@ -46,11 +47,10 @@ from enas_rnn.checkpoint import (
     write_text_atomic,
 )
 from enas_rnn.distance import distance_to_reference
-from enas_rnn.errors import CheckpointError
+from enas_rnn.errors import CheckpointError, UserError
 from enas_rnn.genotype import Genotype
 from enas_rnn.model import RNNLM
 from enas_rnn.runs import (
-    flat_hparams,
     load_splits,
     resolve_device,
     strict,
@@ -67,13 +67,18 @@ from enas_rnn.strategies import (
     top_k_indices,
 )
 from enas_rnn.supernet import build_supernet, evaluate_cells
-from enas_rnn.train import LoopState, StepResult, perplexity, train_steps
+from enas_rnn.train import LoopState, StepResult, perplexity, show_progress, train_steps
 from enas_rnn.viz import draw_genotype
 
 __all__ = ["SearchConfig", "SearchState", "SearchRun", "derive", "describe", "Hook", "DEGENERATE_MODES"]
 
 Hook = Callable[[str, int], None]  # (event, counter): lets tests interrupt a run at a chosen point
+log = logging.getLogger(__name__)
 DEGENERATE_MODES: tuple[str, ...] = ("penalty", "resample", "off")
+
+
+class SearchDiverged(UserError):
+    """Every child of a search diverged: there is no cell to hand over."""
 
 
 @dataclass
@@ -144,9 +149,10 @@ class SearchRun:
     the run continues exactly where it stopped.
     """
 
-    def __init__(self, cfg: Any, run_dir: str | Path, payload: Optional[dict] = None, hook: Optional[Hook] = None) -> None:
+    def __init__(self, cfg: Any, run_dir: str | Path, payload: Optional[dict] = None, hook: Optional[Hook] = None,
+                 overrides: Sequence[str] = ()) -> None:
         self.wall_t0 = time.perf_counter()
-        self.cfg, self.hook = cfg, hook
+        self.cfg, self.hook, self.overrides = cfg, hook, list(overrides)
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.device = resolve_device(cfg.device)
@@ -177,13 +183,20 @@ class SearchRun:
         self.history_path = self.run_dir / "search_history.jsonl"
         # Rewrite the history from the checkpoint: lines of an interrupted epoch are dropped and redone.
         write_text_atomic(self.history_path, "".join(json.dumps(r) + "\n" for r in self.state.records))
-        self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.loop.step if payload is not None else None)
+        self.writer = open_writer(self.run_dir, f"search-{self.space.name}-{s.strategy}-seed{cfg.seed}",
+                                  self.loop.step if payload is not None else None)
         s = cfg.search
         per_epoch = (s.shared_steps or 0) + s.controller_steps
         self.bar = tqdm(total=s.epochs * per_epoch, initial=self.state.epoch * per_epoch,
-                        disable=not cfg.train.progress, unit="step", leave=False)
+                        disable=not show_progress(cfg.train.progress), unit="step", leave=False)
         self.best_ppl = min((r["ppl"] for r in self.state.records), default=math.inf)
         self.history_file: Any = None
+        self._epoch_loss = [0.0, 0]  # shared-phase loss sum and windows of the current epoch (for the log)
+        log.info("enas-search in %s: %s search of the %s space (%d nodes), supernet %d units (%s parameters), "
+                 "%d epochs x (%s shared + %d controller steps), screen %s, degenerate cells: %s%s", self.run_dir,
+                 s.strategy, self.space.name, self.space.num_nodes, cfg.model.hidden_size,
+                 f"{sum(p.numel() for p in self.model.parameters()):,}", s.epochs, s.shared_steps, s.controller_steps,
+                 cfg.screen.name, s.degenerate, f"; resumed at epoch {self.state.epoch}" if payload is not None else "")
 
     def _restore(self, payload: dict) -> None:
         try:
@@ -240,6 +253,9 @@ class SearchRun:
 
     def _shared_step_hook(self, ls: LoopState, res: StepResult) -> None:
         self.bar.update(1)
+        if res.ok:
+            self._epoch_loss[0] += res.loss
+            self._epoch_loss[1] += 1
         if ls.step % self.cfg.train.log_every == 0 and res.ok:
             self.writer.add_scalar("shared/train_ppl", perplexity(res.loss), ls.step)
             self.writer.add_scalar("shared/lr", ls.lr, ls.step)
@@ -315,7 +331,11 @@ class SearchRun:
         w = self.writer
         finite = [p for p in ppls if math.isfinite(p)]
         if finite:
-            w.add_scalar("controller/child_valid_ppl", sum(finite) / len(finite), k)
+            # Diverged or untrained children reach ppl 1e10: the plain chart would be flat, so the log
+            # and a capped copy are what to read (the raw value stays in search_history.jsonl).
+            mean = sum(finite) / len(finite)
+            w.add_scalar("controller/child_valid_log_ppl", sum(math.log(p) for p in finite) / len(finite), k)
+            w.add_scalar("controller/child_valid_ppl_capped", min(mean, PPL_CAP), k)
         if stats.rewards:
             w.add_scalar("controller/reward", sum(stats.rewards) / len(stats.rewards), k)
             w.add_scalar("controller/advantage", sum(stats.advantages) / len(stats.advantages), k)
@@ -335,6 +355,15 @@ class SearchRun:
         st.epoch_proposals.append([st.proposals - done[0], st.degenerate_proposals - done[1]])
         p, d = st.epoch_proposals[-1]
         self.writer.add_scalar("controller/degenerate_share_epoch", d / p if p else 0.0, st.epoch)
+        ppls = sorted(r["ppl"] for r in st.records if r["epoch"] == st.epoch - 1 and math.isfinite(r["ppl"]))
+        loss_sum, windows = self._epoch_loss
+        log.info("epoch %d/%d: shared train ppl %s (%d windows, %.0f tokens/s); children: %d evaluated, median ppl %s, "
+                 "best %s (so far %.1f); degenerate proposals %d/%d; %.0f s", st.epoch, cfg.search.epochs,
+                 f"{perplexity(loss_sum / windows):.1f}" if windows else "–", windows,
+                 loop.tokens / max(loop.train_seconds, 1e-9), len(ppls),
+                 f"{ppls[len(ppls) // 2]:.1f}" if ppls else "–", f"{ppls[0]:.1f}" if ppls else "–", self.best_ppl, d, p,
+                 time.perf_counter() - self.wall_t0)
+        self._epoch_loss = [0.0, 0]
         if st.epoch >= cfg.train.decay_start:
             loop.lr *= cfg.train.lr_decay
         epoch_recs = [r for r in st.records if r["epoch"] == st.epoch - 1 and math.isfinite(r["ppl"])]
@@ -374,6 +403,15 @@ class SearchRun:
         """Derive, then best_genotype.{json,png}, top_genotypes.json, metrics.json and TensorBoard's summary."""
         cfg, s, st, loop = self.cfg, self.cfg.search, self.state, self.loop
         top = derive(self.model, self.strategy, self.splits.valid, cfg, s.derive_samples, self.valid)
+        if not math.isfinite(top[0]["ppl"]):
+            # No cell worth handing over: say so, and write no best genotype.
+            write_json(self.run_dir / "metrics.json", {"status": "diverged", "children_evaluated": len(st.records),
+                                                        "epochs": st.epoch, "derived": len(top)})
+            raise SearchDiverged(
+                f"no child reached a finite perplexity on the shared weights ({len(st.records)} evaluated in the "
+                f"search, {len(top)} derived): no best genotype was written. Lower train.lr (the shared SGD), "
+                "keep model.state_clip set, or check the data"
+            )
         for r in top[: s.top_k]:
             r.update(describe(Genotype.from_dict(r["genotype"]), bool(s.require_memory)))
         best_g = Genotype.from_dict(top[0]["genotype"])
@@ -381,7 +419,7 @@ class SearchRun:
         write_json(self.run_dir / "top_genotypes.json", top[: s.top_k])
         fig = draw_genotype(best_g, self.run_dir / "best_genotype.png", title=f"best cell: derive ppl {top[0]['ppl']:.1f}")
         self.writer.add_figure("search/best_cell", fig, st.controller_step)
-        self.writer.add_text("search/best_genotype", "```\n" + json.dumps(best_g.to_dict(), indent=1) + "\n```",
+        self.writer.add_text("search/best_genotype", cell_markdown(best_g, f"derive ppl {top[0]['ppl']:.1f}"),
                              st.controller_step)
         metrics = {
             "strategy": s.strategy,
@@ -410,7 +448,9 @@ class SearchRun:
             "wall_s": self.wall_before + time.perf_counter() - self.wall_t0,
             "device": str(self.device),
         }
-        self.writer.add_hparams(flat_hparams(self.cfg_dict), {"hparam/best_ppl": metrics["best_ppl"]}, run_name=".")
+        self.writer.add_hparams(hparams(cfg, "search", self.overrides),
+                                {"hparam/best_shared_ppl": min(metrics["best_ppl"], PPL_CAP),
+                                 "hparam/degenerate_share": metrics["degenerate_share"]}, run_name=".")
         self.writer.close()
         write_json(self.run_dir / "metrics.json", metrics)
         return metrics
@@ -466,4 +506,4 @@ def describe(g: Genotype, require_memory: bool = True) -> dict[str, Any]:
 
 def _log_cell(writer: Any, tag: str, g: Genotype, ppl: float, step: int) -> None:
     writer.add_figure(tag, draw_genotype(g, None, title=f"{tag.split('/')[-1]}: ppl {ppl:.1f}"), step)
-    writer.add_text(tag + "_json", "```\n" + json.dumps(g.to_dict()) + "\n```", step)
+    writer.add_text(tag + "_formulas", cell_markdown(g, f"ppl {ppl:.1f}"), step)

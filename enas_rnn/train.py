@@ -13,7 +13,9 @@ Progress lives in :class:`LoopState` (never in a config) so it can be checkpoint
 
 from __future__ import annotations
 
+import logging
 import math
+import sys
 import time
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Optional
@@ -27,6 +29,7 @@ from enas_rnn.errors import TrainingDiverged
 from enas_rnn.model import Hidden, detach_hidden
 
 CoreKwargsFn = Callable[[], dict[str, Any]]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,7 +48,7 @@ class TrainConfig:
     eval_every: Optional[int] = None  # steps between mid-epoch validations (learning curves); None: per epoch
     eval_batches: Optional[int] = None  # cap on validation windows (fast presets); None: the whole split
     checkpoint_every: Optional[int] = 200  # steps between mid-epoch checkpoints; one is always written per epoch
-    progress: bool = True  # tqdm progress bar
+    progress: Optional[bool] = None  # tqdm progress bar; None: only when stderr is a terminal (never frames in a log)
 
 
 @dataclass
@@ -187,6 +190,11 @@ def evaluate(
     return float(total) / max(count, 1)
 
 
+def show_progress(flag: Optional[bool]) -> bool:
+    """Whether to draw a progress bar: as asked, or (None) only when stderr is a terminal."""
+    return sys.stderr.isatty() if flag is None else bool(flag)
+
+
 def perplexity(loss: float) -> float:
     """exp(loss), saturating instead of overflowing for a diverged model."""
     return math.exp(loss) if loss < 700 else math.inf
@@ -246,6 +254,15 @@ def fit(
 
     def validate() -> None:
         loss = evaluate(model, valid, data.bptt, cfg.eval_batches)
+        if not math.isfinite(loss):
+            # Divergence is a result, not a success: stop before a checkpoint of the diverged weights.
+            last = state.history[-1] if state.history else None
+            kept = (f"checkpoints/best.pt keeps the weights of the last finite validation (step {last['step']}, "
+                    f"valid ppl {last['valid_ppl']:.2f})") if last else "no validation was finite, so no weights are kept"
+            raise TrainingDiverged(
+                f"the validation loss is not finite at step {state.step}: the model diverged; {kept}. "
+                "Lower train.lr or train.clip (or set model.state_clip for a searched cell) and start a new run"
+            )
         is_best = loss < state.best_valid_loss
         if is_best:
             state.best_valid_loss = loss
@@ -255,7 +272,11 @@ def fit(
         )
         if writer is not None:
             writer.add_scalar("valid/ppl", perplexity(loss), state.step)
+            writer.add_scalar("valid/log_ppl", loss, state.step)  # log scale: readable from ppl 10^4 to 10^2
             writer.add_scalar("valid/loss", loss, state.step)
+        speed = state.tokens / state.train_seconds if state.train_seconds > 0 else 0.0
+        log.info("step %d (epoch %d): valid ppl %.2f%s, lr %.3g, %d tokens seen, %.0f tokens/s", state.step,
+                 state.epoch, perplexity(loss), " (best)" if is_best else "", state.lr, state.tokens, speed)
         if progress is not None:
             progress.set_description(f"epoch {state.epoch} valid ppl {perplexity(loss):.1f}")
         if save is not None:

@@ -93,7 +93,7 @@ def test_smoke_comparison_table(tiny_corpus: Path, tmp_path: Path) -> None:
     runs = {r["name"]: r for r in saved["runs"]}
     for r in saved["runs"]:
         folder = out / r["run_dir"]
-        assert (folder / "metrics.json").is_file() and list((folder / "tb").glob("events.out.tfevents.*"))
+        assert (folder / "metrics.json").is_file() and list((folder / "tb").rglob("events.out.tfevents.*"))
         metrics = json.loads((folder / "metrics.json").read_text())
         assert r["valid_ppl"] == pytest.approx(metrics["valid_ppl"]) and r["num_params"] == metrics["num_params"]
         assert r["steps"] == 20 and 1 < r["valid_ppl"] < 1000 and r["tokens_per_s"] > 0 and r["wall_s"] > 0

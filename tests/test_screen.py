@@ -68,7 +68,9 @@ def test_screened_search_evaluates_exactly_the_top_k(tiny_corpus: Path, tmp_path
         assert {r["screen_rank"] for r in recs} <= {0, 1}
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(out / "tb"))
+    (tb,) = (out / "tb").iterdir()  # one run, named after what ran
+    assert tb.name == "search-lstm-enas-seed0"
+    acc = EventAccumulator(str(tb))
     acc.Reload()
     assert {"screen/score_kept", "screen/score_all"} <= set(acc.Tags()["scalars"])
     assert len(acc.Scalars("screen/score_kept")) == steps

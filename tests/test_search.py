@@ -45,7 +45,7 @@ def test_smoke_search_writes_every_output(tiny_corpus: Path, tmp_path: Path, spa
         assert key in lines[0]
     assert metrics["controller_steps"] == 10 and metrics["shared_steps"] == 20
     assert math.isfinite(metrics["best_ppl"])
-    assert list((out / "tb").glob("events.out.tfevents.*"))
+    assert list((out / "tb").rglob("events.out.tfevents.*"))
 
 
 def test_resume_gives_the_same_search(tiny_corpus: Path, tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ def test_loss_falls_on_tiny_corpus(tiny_corpus: Path, tmp_path: Path) -> None:
     for key in ("valid_ppl", "test_ppl", "num_params", "tokens_per_s", "wall_s", "steps", "skipped_steps"):
         assert key in saved
     assert saved["steps"] == 30 and saved["skipped_steps"] == 0
-    assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+    assert list((tmp_path / "run" / "tb").rglob("events.out.tfevents.*"))
 
 
 class _Interrupt(Exception):

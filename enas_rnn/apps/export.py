@@ -77,7 +77,7 @@ def load_trained(checkpoint: str | Path, cell: Optional[str] = None) -> Trained:
     vocab_size = int(sd["embedding.weight"].shape[0])
     given = load_genotype(cell) if cell else None
     if cfg.model.core == CoreKind.lstm:
-        return _from_baseline(cfg, sd, vocab_size, given, str(path))
+        return _from_baseline(cfg, sd, vocab_size, given, str(path), provenance(get_named("lstm"), cfg, payload, path))
     if payload.get("genotype") is None and given is None:
         raise ExportError(f"{path} records no genotype: pass cell=<name or genotype.json>")
     saved = Genotype.from_dict(payload["genotype"]) if payload.get("genotype") is not None else None
@@ -93,10 +93,30 @@ def load_trained(checkpoint: str | Path, cell: Optional[str] = None) -> Trained:
     label = f"genotype {cell}" if cell else f"the checkpoint's genotype ({genotype.space} space)"
     _load_strict(model, sd, label, str(path))
     model.eval()
-    return Trained(genotype, model, model, clip, bool(cfg.model.tie_weights), str(path), genotype.name)
+    return Trained(genotype, model, model, clip, bool(cfg.model.tie_weights), str(path), genotype.name,
+                   provenance(genotype, cfg, payload, path))
 
 
-def _from_baseline(cfg: DictConfig, sd: dict[str, Tensor], vocab_size: int, given: Optional[Genotype], source: str) -> Trained:
+def provenance(genotype: Genotype, cfg: DictConfig, payload: dict, path: Path) -> list[str]:
+    """Where the exported cell and its weights come from, one sentence each (the module's docstring)."""
+    if genotype.source and genotype.name:
+        cell = f"Cell: the published cell {genotype.name} ({genotype.source})."
+    elif cfg.model.core == CoreKind.lstm:
+        cell = "Cell: the vanilla LSTM, trained as torch.nn.LSTM and exported as the lstm genotype."
+    else:
+        cell = f"Cell: genotype {genotype.hash()}, from {cfg.cell} (a cell found by an enas_rnn search or written by hand)."
+    weights = f"Weights: checkpoint {path} (step {payload.get('step')})"
+    metrics = path.parent.parent / "metrics.json"
+    try:
+        m = json.loads(metrics.read_text())
+        weights += f", trained by enas-train; validation perplexity {m['valid_ppl']:.2f}, test perplexity {m['test_ppl']:.2f}"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return [cell, weights + "."]
+
+
+def _from_baseline(cfg: DictConfig, sd: dict[str, Tensor], vocab_size: int, given: Optional[Genotype], source: str,
+                   about: list[str]) -> Trained:
     """An nn.LSTM checkpoint as the ``lstm`` genotype: nn.LSTM's weights copied in, no guard."""
     lstm_g = get_named("lstm")
     if given is not None and given.canonical() != lstm_g.canonical():
@@ -115,7 +135,7 @@ def _from_baseline(cfg: DictConfig, sd: dict[str, Tensor], vocab_size: int, give
     for fixed, core in zip(model.cores, original.cores):
         copy_from_nn_lstm(fixed, core.lstm)
     model.eval()
-    return Trained(lstm_g, model, original, None, bool(cfg.model.tie_weights), source, "nn_lstm")
+    return Trained(lstm_g, model, original, None, bool(cfg.model.tie_weights), source, "nn_lstm", about)
 
 
 # ====================================================================================================================
@@ -134,6 +154,15 @@ def resolve_run(run: str | Path) -> tuple[Path, Optional[str]]:
     folder = Path(run)
     if not folder.is_dir():
         raise ExportError(f"run={run}: no such folder")
+    if (folder / "pipeline_config.json").is_file():  # an enas-pipeline folder: its comparison stage
+        if not (folder / "compare" / "comparison.json").is_file():
+            raise ExportError(f"{folder} is an enas-pipeline whose comparison has not finished: continue it with "
+                              f"enas-pipeline resume={folder} (it exports the winner itself)")
+        return resolve_run(folder / "compare")
+    if (folder / "search_history.jsonl").is_file() or (folder / "best_genotype.json").is_file():
+        raise ExportError(f"{folder} is an enas-search run: its weights belong to the shared supernet, not to one "
+                          f"cell. Retrain the cell first (enas-train model=cell cell={folder / 'best_genotype.json'}), "
+                          "or run the whole job with enas-pipeline, which exports the retrained winner")
     report_path = folder / "comparison.json"
     if report_path.is_file():
         try:
@@ -154,15 +183,23 @@ def resolve_run(run: str | Path) -> tuple[Path, Optional[str]]:
     if ckpt.is_file():
         return ckpt, None
     if (checkpoint_dir(folder) / LAST).is_file():
-        raise ExportError(f"{folder} has no checkpoints/{BEST} yet (no validation finished): let the run finish, "
-                          f"or pass checkpoint={checkpoint_dir(folder) / LAST}")
-    hint = " (an enas-search run: retrain its cell first, enas-train model=cell cell=<run>/best_genotype.json)" \
-        if (folder / "best_genotype.json").is_file() else ""
-    raise ExportError(f"{folder} is neither an enas-train run (checkpoints/{BEST}) nor an enas-compare run "
-                      f"(comparison.json){hint}")
+        raise ExportError(f"{folder} has no checkpoints/{BEST} yet (no validation finished): let the run finish "
+                          f"(enas-train resume={folder}), or pass checkpoint={checkpoint_dir(folder) / LAST} to export "
+                          "its latest weights")
+    raise ExportError(f"{folder} is neither an enas-train run (checkpoints/{BEST}), an enas-compare run "
+                      "(comparison.json) nor an enas-pipeline folder")
 
 
-def run_export(cfg: DictConfig, default_out: str | Path) -> ExportResult:
+def default_out(cfg: DictConfig) -> Path:
+    """``out=``, else ``<run>/export``, else the export folder of the checkpoint's run."""
+    if cfg.out:
+        return Path(cfg.out)
+    if cfg.run:
+        return Path(cfg.run) / "export"
+    return Path(cfg.checkpoint).resolve().parent.parent / "export"
+
+
+def run_export(cfg: DictConfig) -> ExportResult:
     """`enas-export`: run=<folder> or checkpoint=<file> [cell=<genotype>] -> <out>/<name>.{py,safetensors}."""
     if bool(cfg.run) == bool(cfg.checkpoint):
         raise ConfigError("pass exactly one of run=<enas-train or enas-compare folder> or checkpoint=<file> "
@@ -176,7 +213,7 @@ def run_export(cfg: DictConfig, default_out: str | Path) -> ExportResult:
         ckpt, suggested = Path(cfg.checkpoint), None
     trained = load_trained(ckpt, cfg.cell)
     name = cfg.name or suggested or trained.name
-    return export_trained(trained, Path(cfg.out) if cfg.out else Path(default_out), name, bool(cfg.whole_model))
+    return export_trained(trained, default_out(cfg), name, bool(cfg.whole_model))
 
 
 __all__ = ["load_trained", "resolve_run", "run_export"]

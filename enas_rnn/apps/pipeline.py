@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -47,7 +47,7 @@ from enas_rnn.errors import ConfigError, UserError
 from enas_rnn.export import export_trained
 from enas_rnn.genotype import Genotype
 from enas_rnn.model import CoreKind
-from enas_rnn.runs import folder_lock, strict, write_json
+from enas_rnn.runs import check_resume_overrides, folder_lock, strict, write_json
 from enas_rnn.search import describe
 from enas_rnn.stats import to_markdown
 from enas_rnn.viz import draw_genotype
@@ -208,12 +208,15 @@ def _check_folder(cfg: DictConfig, run: Path) -> DictConfig:
     return cfg
 
 
-def run_pipeline(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+def run_pipeline(cfg: DictConfig, run_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Runs (or continues) every stage in ``run_dir`` and writes summary.md / metrics.json."""
     run = Path(cfg.resume) if cfg.get("resume") else Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     with folder_lock(run, "pipeline"):
+        given = cfg
         cfg = _check_folder(cfg, run)
+        if given.get("resume"):
+            check_resume_overrides(overrides, given, cfg)
         validate_pipeline(cfg)
         times: dict[str, float] = {}
         t0 = time.perf_counter()

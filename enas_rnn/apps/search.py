@@ -3,37 +3,53 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from enas_rnn.checkpoint import LAST, checkpoint_dir, load_checkpoint
+from enas_rnn.checkpoint import load_resumable
 from enas_rnn.conf import SearchAppConfig, validate_search
+from enas_rnn.errors import CheckpointError
 from enas_rnn.model import RNNLM
-from enas_rnn.runs import Splits, load_splits
+from enas_rnn.runs import (
+    Splits,
+    check_resume_overrides,
+    folder_lock,
+    load_splits,
+    refuse_occupied,
+)
 from enas_rnn.search import Hook, SearchRun
 from enas_rnn.spaces import space_from_config
 from enas_rnn.supernet import build_supernet
 
 
 def restore_search_config(run_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[DictConfig, dict]:
-    """The config and last checkpoint of a search run (merged into the schema: typed like a fresh one)."""
-    payload = load_checkpoint(checkpoint_dir(run_dir) / LAST, map_location=map_location)
+    """The config and newest readable checkpoint of a search run (merged into the schema: typed like a fresh one)."""
+    payload = load_resumable(run_dir, map_location=map_location)
+    if "search" not in payload:
+        raise CheckpointError(f"{run_dir} is not an enas-search run (its checkpoint holds no search state): "
+                              f"continue a training run with enas-train resume={run_dir}")
     return OmegaConf.merge(OmegaConf.structured(SearchAppConfig), payload["config"]), payload
 
 
-def run_search(cfg: DictConfig, run_dir: str | Path, hook: Optional[Hook] = None) -> dict[str, Any]:
+def run_search(cfg: DictConfig, run_dir: str | Path, hook: Optional[Hook] = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Runs (or, with ``cfg.resume``, continues) a search and derives the best cell."""
     payload = None
     if cfg.get("resume"):
         run_dir = Path(cfg.resume)
-        show = cfg.train.progress
+        given = cfg
         cfg, payload = restore_search_config(run_dir)
-        # The saved config is the run's identity; only the progress bar follows the new command.
-        cfg.train.progress = show
+        # The saved config is the run's identity; only the progress bar and the device follow the new
+        # command, and an override that cannot apply is an error.
+        check_resume_overrides(overrides, given, cfg)
+        cfg.train.progress = given.train.progress
+        cfg.device = given.device
+    else:
+        refuse_occupied(run_dir, "enas-search")
     validate_search(cfg)
-    return SearchRun(cfg, run_dir, payload, hook).run()
+    with folder_lock(run_dir, "enas-search run"):
+        return SearchRun(cfg, run_dir, payload, hook, overrides).run()
 
 
 def load_supernet(run_dir: str | Path, device: str = "cpu") -> tuple[RNNLM, DictConfig, Splits]:

@@ -11,34 +11,51 @@ A run folder holds::
 
 from __future__ import annotations
 
-import json
+import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
+from enas_rnn.board import PPL_CAP, cell_markdown, hparams, open_writer
 from enas_rnn.checkpoint import (
     BEST,
     LAST,
     checkpoint_dir,
     load_checkpoint,
+    load_resumable,
     rng_state,
     save_checkpoint,
     seed_everything,
     set_rng_state,
-    write_text_atomic,
 )
 from enas_rnn.conf import TrainAppConfig, validate_common
-from enas_rnn.errors import CheckpointError
+from enas_rnn.errors import CheckpointError, TrainingDiverged
 from enas_rnn.genotype import Genotype, load_genotype
 from enas_rnn.model import RNNLM, CoreKind, build_model, count_parameters
-from enas_rnn.runs import flat_hparams, load_splits, resolve_device, to_device
-from enas_rnn.train import LoopState, StepResult, evaluate, fit, perplexity
+from enas_rnn.runs import (
+    check_resume_overrides,
+    folder_lock,
+    load_splits,
+    refuse_occupied,
+    resolve_device,
+    to_device,
+    write_json,
+)
+from enas_rnn.train import (
+    LoopState,
+    StepResult,
+    evaluate,
+    fit,
+    perplexity,
+    show_progress,
+)
+
+log = logging.getLogger(__name__)
 
 
 def build_lm(cfg: Any, vocab_size: int) -> tuple[RNNLM, Optional[Genotype]]:
@@ -50,7 +67,11 @@ def build_lm(cfg: Any, vocab_size: int) -> tuple[RNNLM, Optional[Genotype]]:
 
 
 def _restore_config(run_dir: Path) -> tuple[DictConfig, dict]:
-    payload = load_checkpoint(checkpoint_dir(run_dir) / LAST)
+    payload = load_resumable(run_dir)
+    if "search" in payload or "loop" not in payload:
+        raise CheckpointError(f"resume={run_dir} is not an enas-train run (its checkpoint holds "
+                              f"{'a search' if 'search' in payload else 'no training state'}): "
+                              f"continue a search with enas-search resume={run_dir}")
     # Merge into the schema so the restored config is typed and validated like a fresh one.
     return OmegaConf.merge(OmegaConf.structured(TrainAppConfig), payload["config"]), payload
 
@@ -59,6 +80,7 @@ def train_lm(
     cfg: DictConfig,
     run_dir: str | Path,
     on_step: Optional[Callable[[LoopState, StepResult], None]] = None,
+    overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Trains (or, with ``cfg.resume``, continues) one language model; writes and returns metrics.
 
@@ -66,13 +88,28 @@ def train_lm(
     num_params, tokens_per_s (training only), wall_s, steps, skipped_steps, plus the history of
     validations for learning curves.
     """
+    if not cfg.get("resume"):
+        refuse_occupied(run_dir, "enas-train")
+    with folder_lock(Path(cfg.get("resume") or run_dir), "enas-train run"):
+        try:
+            return _train_lm(cfg, run_dir, on_step, overrides)
+        except TrainingDiverged as exc:
+            write_json(Path(cfg.get("resume") or run_dir) / "diverged.json", {"error": str(exc)})
+            raise
+
+
+def _train_lm(cfg: DictConfig, run_dir: str | Path, on_step: Optional[Callable[[LoopState, StepResult], None]],
+              overrides: Sequence[str]) -> dict[str, Any]:
     wall_t0 = time.perf_counter()
     payload = None
     if cfg.get("resume"):
         run_dir = Path(cfg.resume)
         saved, payload = _restore_config(run_dir)
-        # The saved config is the run's identity; only the progress bar follows the new command.
+        # The saved config is the run's identity; only the progress bar and the device follow the
+        # new command, and an override that cannot apply is an error (check_resume_overrides).
+        check_resume_overrides(overrides, cfg, saved)
         saved.train.progress = cfg.train.progress
+        saved.device = cfg.device
         cfg = saved
     run_dir = Path(run_dir)
     validate_common(cfg)
@@ -106,7 +143,7 @@ def train_lm(
     def save(st: LoopState, is_best: bool) -> None:
         base = {"config": cfg_dict, "genotype": genotype, "step": st.step}
         if is_best:
-            save_checkpoint(ckpt_dir / BEST, {**base, "state_dicts": {"model": model.state_dict()}})
+            save_checkpoint(ckpt_dir / BEST, {**base, "state_dicts": {"model": model.state_dict()}}, keep_previous=False)
         save_checkpoint(
             ckpt_dir / LAST,
             {
@@ -119,13 +156,22 @@ def train_lm(
             },
         )
 
-    writer = SummaryWriter(str(run_dir / "tb"), purge_step=state.step if payload is not None else None)
+    name = f"train-{'nn_lstm' if g is None else g.hash()}-h{cfg.model.hidden_size}-seed{cfg.seed}"
+    writer = open_writer(run_dir, name, state.step if payload is not None else None)
+    if g is not None:
+        writer.add_text("cell", cell_markdown(g), 0)
     windows = math.ceil((splits.train.size(0) - 1) / cfg.data.bptt)
     total = cfg.train.epochs * windows
     if cfg.train.max_steps is not None:
         total = min(total, cfg.train.max_steps)
     num_params = count_parameters(model)
-    with tqdm(total=total, initial=state.step, disable=not cfg.train.progress, unit="step", leave=False) as bar:
+    log.info("enas-train in %s: %s, %s parameters, %d layer(s) of %d units; %s; budget %s; device %s%s", run_dir,
+             "nn.LSTM" if g is None else f"cell {g.hash()} ({g.space} space)", f"{num_params:,}", cfg.model.num_layers,
+             cfg.model.hidden_size, f"{cfg.data.name}: {splits.train.numel():,} training tokens",
+             f"{cfg.train.max_steps} steps" if cfg.train.max_steps else f"{cfg.train.epochs} epochs", device,
+             f", resumed at step {state.step}" if payload is not None else "")
+    with tqdm(total=total, initial=state.step, disable=not show_progress(cfg.train.progress), unit="step",
+              leave=False) as bar:
         fit(model, optimizer, splits.train, splits.valid, state, cfg.train, cfg.data, writer, save, bar, on_step)
 
     best = load_checkpoint(ckpt_dir / BEST, map_location=device) if (ckpt_dir / BEST).exists() else None
@@ -147,11 +193,9 @@ def train_lm(
         "device": str(device),
         "history": state.history,
     }
-    writer.add_hparams(
-        flat_hparams(cfg_dict),
-        {"hparam/valid_ppl": metrics["valid_ppl"], "hparam/test_ppl": metrics["test_ppl"]},
-        run_name=".",
-    )
+    writer.add_hparams(hparams(cfg, "train", overrides),
+                       {"hparam/valid_ppl": min(metrics["valid_ppl"], PPL_CAP), "hparam/test_ppl": min(metrics["test_ppl"], PPL_CAP)},
+                       run_name=".")
     writer.close()
-    write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    write_json(run_dir / "metrics.json", metrics)
     return metrics
