@@ -13,6 +13,7 @@ strings) are the ``validate_*`` functions, run by every app before any work.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from enum import Enum
@@ -26,9 +27,10 @@ from enas_rnn.corpus import DataConfig
 from enas_rnn.errors import ConfigError
 from enas_rnn.model import ModelConfig
 from enas_rnn.scores import SCORES, HiddenCovConfig, MRSConfig
+from enas_rnn.scores.mrs import DISTRIBUTIONS, ERRORS, THRESHOLD_MODES
 from enas_rnn.screen import SCREENED_REWARDS, ScreenConfig
 from enas_rnn.search import DEGENERATE_MODES, SearchConfig
-from enas_rnn.spaces import SpaceConfig
+from enas_rnn.spaces import SPACES, SpaceConfig
 from enas_rnn.strategies import STRATEGIES
 from enas_rnn.train import TrainConfig
 
@@ -72,65 +74,88 @@ def _check(cond: bool, key: str, value: Any, valid: str) -> None:
         raise ConfigError(f"invalid config value {key}={value!r}: valid values are {valid}")
 
 
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# Rules: (key, test, the valid values in words). Every value of every app is checked before any work.
+_INT1 = (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
+_INT0 = (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
+_OPT_INT1 = (lambda v: v is None or (isinstance(v, int) and v >= 1), "an integer >= 1 or null")
+_POS = (lambda v: _num(v) and v > 0, "a finite number > 0")
+_NONNEG = (lambda v: _num(v) and v >= 0, "a finite number >= 0")
+_FINITE = (lambda v: _num(v), "a finite number")
+_OPT_POS = (lambda v: v is None or (_num(v) and v > 0), "a finite number > 0 or null")
+_DROPOUT = (lambda v: _num(v) and 0.0 <= v < 1.0, "a number in [0, 1)")
+
+RULES: dict[str, list[tuple[str, Any, str]]] = {
+    "data": [(k, *_INT1) for k in ("batch_size", "eval_batch_size", "test_batch_size", "bptt")],
+    "model": [(k, *_INT1) for k in ("emb_size", "hidden_size", "num_layers")]
+    + [(k, *_DROPOUT) for k in ("dropout_emb", "dropout_in", "dropout_out", "dropout_h")]
+    + [("init_range", *_OPT_POS), ("state_clip", *_OPT_POS)],
+    "train": [("lr", *_POS), ("clip", *_POS), ("weight_decay", *_NONNEG), ("epochs", *_INT1), ("decay_start", *_INT0),
+              ("lr_decay", lambda v: _num(v) and 0 < v <= 1, "a number in (0, 1]"), ("max_nonfinite", *_INT0),
+              ("log_every", *_INT1)]
+    + [(k, *_OPT_INT1) for k in ("max_steps", "eval_every", "eval_batches", "checkpoint_every")],
+    "space": [("name", lambda v: v in SPACES, "one of " + ", ".join(sorted(SPACES))),
+              ("num_nodes", lambda v: isinstance(v, int) and 1 <= v <= 64, "an integer in [1, 64]")],
+    "controller": [("hidden_size", *_INT1), ("temperature", *_POS), ("tanh_constant", *_NONNEG), ("init_range", *_POS)],
+    "search": [("strategy", lambda v: v in STRATEGIES, "one of " + ", ".join(STRATEGIES)),
+               ("epochs", *_INT1), ("shared_steps", *_OPT_INT1), ("controller_steps", *_INT0),
+               ("children_per_step", *_INT1), ("reward_c", *_POS), ("reward_batches", *_INT1),
+               ("entropy_weight", *_NONNEG), ("baseline_decay", lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
+               ("controller_lr", *_POS), ("controller_clip", *_OPT_POS), ("nonfinite_reward", *_FINITE),
+               ("degenerate", lambda v: v in DEGENERATE_MODES, "one of " + ", ".join(DEGENERATE_MODES)),
+               ("degenerate_reward", *_FINITE), ("derive_samples", *_INT1), ("derive_batches", *_INT1),
+               ("derive_rerank", *_INT0), ("derive_rerank_batches", *_INT0), ("top_k", *_INT1),
+               ("time_budget_s", *_OPT_POS),
+               ("time_budget_clock", lambda v: v in ("wall", "process"), "wall or process")],
+    "screen": [("name", lambda v: v == "none" or v in SCORES, "none or one of " + ", ".join(sorted(SCORES))),
+               ("candidates", *_INT1), ("keep", *_INT1),
+               ("screened_reward", lambda v: v in SCREENED_REWARDS, "one of " + ", ".join(SCREENED_REWARDS)),
+               ("bptt", *_OPT_INT1), ("batch", *_OPT_INT1), ("pool", *_INT0)],
+    "mrs": [("samples", *_INT1), ("dist", lambda v: v in DISTRIBUTIONS, "one of " + ", ".join(DISTRIBUTIONS)),
+            ("scale", *_POS), ("error", lambda v: v in ERRORS, "one of " + ", ".join(sorted(ERRORS))),
+            ("lo", *_FINITE), ("hi", *_OPT_POS), ("threshold", *_FINITE),
+            ("threshold_mode", lambda v: v in THRESHOLD_MODES, "one of " + ", ".join(THRESHOLD_MODES)),
+            ("quantile", lambda v: _num(v) and 0 < v < 1, "a number in (0, 1)"), ("floor", *_NONNEG)],
+    "hidden_cov": [("k", *_POS)],
+}
+
+
+def check_section(section: Any, prefix: str, rules: str) -> None:
+    """Checks one config section (e.g. ``cfg.train``) against ``RULES[rules]``; the key is named with ``prefix``."""
+    for key, test, valid in RULES[rules]:
+        if key in section:
+            _check(bool(test(section[key])), f"{prefix}.{key}", section[key], valid)
+
+
 def validate_common(cfg: Any) -> None:
     """Checks the values shared by every app; raises ConfigError naming key and valid options."""
     if "device" in cfg:
         _check(bool(_DEVICE_RE.match(str(cfg.device))), "device", cfg.device, "auto, cpu, cuda, cuda:N")
-    if "data" in cfg:
-        d = cfg.data
-        for key in ("batch_size", "eval_batch_size", "test_batch_size", "bptt"):
-            _check(d[key] >= 1, f"data.{key}", d[key], "an integer >= 1")
+    for section in ("data", "model", "train"):
+        if section in cfg:
+            check_section(cfg[section], section, section)
     if "model" in cfg:
         m = cfg.model
-        for key in ("emb_size", "hidden_size", "num_layers"):
-            _check(m[key] >= 1, f"model.{key}", m[key], "an integer >= 1")
-        for key in ("dropout_emb", "dropout_in", "dropout_out", "dropout_h"):
-            _check(0.0 <= m[key] < 1.0, f"model.{key}", m[key], "a float in [0, 1)")
         if m.tie_weights and m.emb_size != m.hidden_size:
             raise ConfigError(
                 f"model.tie_weights=true needs model.emb_size == model.hidden_size "
                 f"(got {m.emb_size} and {m.hidden_size}): set both to one value or model.tie_weights=false"
             )
-        if m.state_clip is not None:
-            _check(m.state_clip > 0, "model.state_clip", m.state_clip, "a positive float or null")
-    if "train" in cfg:
-        t = cfg.train
-        _check(t.lr > 0, "train.lr", t.lr, "a float > 0")
-        _check(t.clip > 0, "train.clip", t.clip, "a float > 0")
-        _check(0 < t.lr_decay <= 1, "train.lr_decay", t.lr_decay, "a float in (0, 1]")
-        _check(t.epochs >= 1, "train.epochs", t.epochs, "an integer >= 1")
-        _check(t.max_nonfinite >= 0, "train.max_nonfinite", t.max_nonfinite, "an integer >= 0")
-        for key in ("max_steps", "eval_every", "eval_batches", "checkpoint_every"):
-            if t[key] is not None:
-                _check(t[key] >= 1, f"train.{key}", t[key], "an integer >= 1 or null")
 
 
 def validate_search(cfg: Any) -> None:
     """Value checks of the search app (types are checked by the schema)."""
     validate_common(cfg)
-    s = cfg.search
-    if s.strategy not in STRATEGIES:
-        raise ConfigError(f"invalid config value search.strategy={s.strategy!r}: valid values are {', '.join(STRATEGIES)}")
-    for key in ("epochs", "controller_steps", "children_per_step", "reward_batches", "derive_samples", "derive_batches", "top_k"):
-        if s[key] < (0 if key == "controller_steps" else 1):
-            raise ConfigError(f"invalid config value search.{key}={s[key]!r}: valid values are integers >= 1")
-    if not 0 <= s.baseline_decay < 1:
-        raise ConfigError(f"invalid config value search.baseline_decay={s.baseline_decay!r}: valid values are in [0, 1)")
+    for section in ("space", "controller", "search", "screen"):
+        check_section(cfg[section], section, section)
+    check_section(cfg.screen.mrs, "screen.mrs", "mrs")
+    check_section(cfg.screen.hidden_cov, "screen.hidden_cov", "hidden_cov")
     if cfg.model.num_layers != 1:
         raise ConfigError("the search supernet has one recurrent layer: set model.num_layers=1")
     sc = cfg.screen
-    if sc.name != "none" and sc.name not in SCORES:
-        raise ConfigError(f"invalid config value screen.name={sc.name!r}: valid values are none, {', '.join(sorted(SCORES))}")
-    if sc.screened_reward not in SCREENED_REWARDS:
-        raise ConfigError(f"invalid config value screen.screened_reward={sc.screened_reward!r}: valid values are "
-                          f"{', '.join(SCREENED_REWARDS)}")
-    if s.degenerate not in DEGENERATE_MODES:
-        raise ConfigError(f"invalid config value search.degenerate={s.degenerate!r}: valid values are "
-                          f"{', '.join(DEGENERATE_MODES)}")
-    if s.time_budget_s is not None and not s.time_budget_s > 0:
-        raise ConfigError(f"invalid config value search.time_budget_s={s.time_budget_s!r}: valid values are seconds > 0 or null")
-    if s.time_budget_clock not in ("wall", "process"):
-        raise ConfigError(f"invalid config value search.time_budget_clock={s.time_budget_clock!r}: valid values are wall, process")
     if sc.name != "none" and not 1 <= sc.keep <= sc.candidates:
         raise ConfigError(f"screen.keep={sc.keep} must be between 1 and screen.candidates={sc.candidates}")
 

@@ -254,7 +254,7 @@ def fit(
 
     def validate() -> None:
         loss = evaluate(model, valid, data.bptt, cfg.eval_batches)
-        if not math.isfinite(loss):
+        if not math.isfinite(perplexity(loss)):
             # Divergence is a result, not a success: stop before a checkpoint of the diverged weights.
             last = state.history[-1] if state.history else None
             kept = (f"checkpoints/best.pt keeps the weights of the last finite validation (step {last['step']}, "

@@ -48,11 +48,11 @@ from omegaconf import DictConfig, OmegaConf
 from enas_rnn.apps.search import load_supernet
 from enas_rnn.apps.train import train_lm
 from enas_rnn.checkpoint import LAST, checkpoint_dir, seed_everything
-from enas_rnn.conf import TrainAppConfig, validate_common
+from enas_rnn.conf import TrainAppConfig, check_section, validate_common
 from enas_rnn.errors import ConfigError, TrainingDiverged
 from enas_rnn.genotype import Genotype, get_named, space_type
 from enas_rnn.model import CoreKind
-from enas_rnn.runs import load_splits, resolve_device
+from enas_rnn.runs import folder_lock, load_splits, resolve_device, write_json
 from enas_rnn.scores.hidden_cov import hidden_cov_score
 from enas_rnn.scores.lm import ScoreCache, lm_error_hi, mrs_score_genotype
 from enas_rnn.scores.mrs import ThresholdTracker, score_from_errors
@@ -85,6 +85,9 @@ COLUMNS: tuple[str, ...] = (
 def validate_study(cfg: Any) -> None:
     """Value checks of the study app (types are checked by the schema)."""
     validate_common(cfg)
+    check_section(cfg.space, "space", "space")
+    check_section(cfg.mrs, "mrs", "mrs")
+    check_section(cfg.hidden_cov, "hidden_cov", "hidden_cov")
     if cfg.cells < 1:
         raise ConfigError(f"invalid config value cells={cfg.cells!r}: valid values are integers >= 1")
     if cfg.model.num_layers != 1:
@@ -350,6 +353,31 @@ def run_study(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     validate_study(cfg)
+    with folder_lock(run_dir, "enas-mrs study"):
+        _check_study_folder(cfg, run_dir)
+        return _run_study(cfg, run_dir)
+
+
+STUDY_CONFIG = "study_config.json"
+
+
+def _check_study_folder(cfg: DictConfig, run_dir: Path) -> None:
+    """A study continues only with its own settings: another study's folder is refused, never mixed."""
+    mine = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    for key in ("device", "plot", "search_run", "keep_checkpoints"):
+        mine.pop(key, None)
+    mine.get("train", {}).pop("progress", None)
+    recorded = run_dir / STUDY_CONFIG
+    if recorded.is_file():
+        old = json.loads(recorded.read_text())
+        if old != mine:
+            raise ConfigError(f"{run_dir} holds a study with other settings: continue it with the same overrides, or "
+                              "start this one in a new folder (drop hydra.run.dir=)")
+    else:
+        write_json(recorded, mine)
+
+
+def _run_study(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     splits = load_splits(cfg.data, device)
