@@ -4,6 +4,7 @@ lstm genotype, compiles and exports, and bad inputs get one readable message."""
 from __future__ import annotations
 
 import ast
+import io
 import json
 import os
 import shutil
@@ -181,19 +182,54 @@ def test_lstm_genotype_export_matches_nn_lstm(runs: dict[str, Path], tmp_path: P
 
 
 def test_exported_layer_compiles_and_exports(runs: dict[str, Path], tmp_path: Path) -> None:
+    """The export paths the generated docstring promises, each checked: torch.compile at any shape,
+    torch.export with a dynamic batch (fixed sequence length: the time loop is unrolled), and the
+    one-step Cell exported for any sequence length with the loop in the caller."""
     res = export_trained(load_trained(runs["sampled"] / "checkpoints" / "best.pt"), tmp_path, name="searched")
     layer = load_module(res.module.read_text(), res.name, res.module).load(res.weights)
     x = torch.randn(6, 2, 16)
+    batch = torch.export.Dim("batch", min=1, max=1024)
     with torch.no_grad():
         eager = layer(x)
         # aot_eager traces the whole forward through dynamo and AOTAutograd like inductor does, in seconds;
         # inductor itself needs ~40 s of C++ compilation on a 2-core CPU (see the export module's notes).
         compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)(x)
-        program = torch.export.export(layer, (x,))
+        program = torch.export.export(layer, (x,), dynamic_shapes=({1: batch},))
         exported = program.module()(x)
+        x5 = torch.randn(6, 5, 16)  # another batch size, same length
+        torch.testing.assert_close(program.module()(x5)[0], layer(x5)[0], atol=1e-6, rtol=0)
+        with pytest.raises(Exception):  # another length is outside what the unrolled program holds
+            program.module()(torch.randn(9, 2, 16))
+        cell = layer.cells[0]
+        h = torch.zeros(2, cell.hidden_size)
+        # distinct state tensors: export would otherwise specialise the program to h and c being one tensor
+        step = torch.export.export(cell, (x[0], (h, h.clone())), dynamic_shapes=({0: batch}, ({0: batch}, {0: batch})))
+        xl = torch.randn(11, 2, 16)
+        hc = (h, h.clone())
+        outs = []
+        for t in range(xl.shape[0]):  # the caller's loop: any sequence length
+            out_t, hc = step.module()(xl[t], hc)
+            outs.append(out_t)
+        torch.testing.assert_close(torch.stack(outs), layer(xl)[0], atol=1e-6, rtol=0)
     for got in (compiled, exported):
         torch.testing.assert_close(got[0], eager[0], atol=1e-6, rtol=0)
         torch.testing.assert_close(got[1][0], eager[1][0], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("whole_model", [False, True])
+def test_generated_module_is_lint_clean_and_says_where_it_comes_from(runs: dict[str, Path], tmp_path: Path,
+                                                                     whole_model: bool) -> None:
+    from pyflakes.api import check
+    from pyflakes.reporter import Reporter
+
+    for run, origin in ((runs["enas"], "the published cell enas_paper (Pham et al. 2018"),
+                        (runs["sampled"], "Cell: genotype")):
+        res = export_trained(load_trained(run / "checkpoints" / "best.pt"), tmp_path / run.name, whole_model=whole_model)
+        text = res.module.read_text()
+        out, err = io.StringIO(), io.StringIO()
+        assert check(text, str(res.module), Reporter(out, err)) == 0, out.getvalue() + err.getvalue()
+        assert origin in text and "validation perplexity" in text and "Weights: checkpoint" in text
+        assert ("class LM" in text) == whole_model  # no reference to an LM a layer-only export does not define
 
 
 def test_bad_inputs_name_the_mismatch(runs: dict[str, Path], tmp_path: Path) -> None:
