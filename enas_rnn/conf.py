@@ -200,23 +200,28 @@ class ExportAppConfig:
     whole_model: bool = False  # also export embedding + decoder as an `LM` class
 
 
+def _mrs_variants() -> dict[str, MRSConfig]:
+    return {"paper": MRSConfig(samples=30, dist="normal", error="ce", threshold_mode="quantile", quantile=0.1)}
+
+
 @dataclass
 class MRSAppConfig:
-    """`enas-mrs`: do training-free scores (MRS, hidden covariance) predict trained perplexity?
+    """`enas-mrs`: do training-free scores (MRS variants, hidden covariance) predict trained perplexity?
 
-    Samples ``cells`` cells of ``space``, scores each, trains each from scratch for
-    ``train.max_steps`` steps with the one loop, and correlates scores with perplexities.
+    Draws cells of ``space`` until ``cells`` are not degenerate, scores each with every MRS variant and
+    hidden covariance, trains each from scratch for ``train.max_steps`` steps with the one loop, and
+    correlates scores with perplexities; the degenerate cells drawn on the way are scored only.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)  # the trained (and scored) LM; one layer
     train: TrainConfig = field(default_factory=TrainConfig)  # train.max_steps is the per-cell budget
     space: SpaceConfig = field(default_factory=SpaceConfig)
-    mrs: MRSConfig = field(
-        default_factory=lambda: MRSConfig(samples=30, error="ce", threshold_mode="quantile", quantile=0.1)
-    )
+    variants: dict[str, MRSConfig] = field(default_factory=_mrs_variants)  # name -> MRS settings (conf/mrs.yaml)
     hidden_cov: HiddenCovConfig = field(default_factory=HiddenCovConfig)
-    cells: int = 20  # M distinct cells sampled from the space (seeded)
+    cells: int = 60  # non-degenerate cells drawn from the space (seeded) and trained
+    require_memory: bool = True  # what counts as degenerate (as search.require_memory)
+    degenerate_scored: bool = True  # score the degenerate cells drawn on the way (reported apart, never trained)
     include_named: bool = True  # also score/train the space's published cell(s) (lstm; enas_paper)
     score_bptt: Optional[int] = None  # rows of the held-out scoring slice (None: data.bptt)
     score_batch: Optional[int] = None  # its columns of the validation stream (None: data.eval_batch_size)

@@ -22,7 +22,7 @@ def study_cfg(root: Path, *extra: str):
 def _check_tables(tables: dict, targets: set[str]) -> None:
     assert set(tables) == targets
     for table in tables.values():
-        assert {t["stat"] for t in table} == set(study.STATS)
+        assert {t["stat"] for t in table} == set(study.stats_of(["paper", "init", "paper_mae", "init_mae"]))
         for t in table:
             for m in ("spearman", "kendall"):
                 v, p = t[m], t[f"{m}_p"]
@@ -38,16 +38,21 @@ def test_smoke_study_writes_everything_and_resumes(tiny_corpus: Path, tmp_path: 
     for name in (study.CSV_NAME, study.PLOT_NAME, study.SUMMARY_NAME):
         assert (out / name).is_file() and (out / name).stat().st_size > 100
     rows = list(csv.DictReader((out / study.CSV_NAME).open()))
-    assert len(rows) == report["cells"] == 4 + 1  # 4 sampled + the published lstm cell
-    assert len({r["hash"] for r in rows}) == 5
+    trained = [r for r in rows if r["degenerate"] == "0"]
+    dead = [r for r in rows if r["degenerate"] == "1"]
+    assert len(trained) == 4 + 1  # 4 non-degenerate cells drawn + the published lstm cell
+    assert dead and all(r["valid_ppl"] == "" and r["why"] for r in dead)  # scored, never trained
+    assert report["cells"] == len(rows) and len({r["hash"] for r in rows}) == len(rows)
     assert {r["name"] for r in rows} >= {"lstm"}
-    assert all(float(r["valid_ppl"]) > 1 for r in rows)
-    assert len({r["mrs_threshold"] for r in rows}) == 1  # one threshold for the whole population
-    assert all(len(r["mrs_samples"].split()) == 4 for r in rows)
+    assert all(float(r["valid_ppl"]) > 1 for r in trained)
+    for v in ("paper", "init", "paper_mae", "init_mae"):
+        assert len({r[f"{v}_threshold"] for r in rows}) == 1  # one threshold per variant for the whole population
+        assert all(len(r[f"{v}_samples"].split()) == 4 for r in rows)
     assert not list(out.glob("runs/*/checkpoints"))
+    assert len(list(out.glob("runs/*"))) == len(trained)
     _check_tables(report["tables"], {"valid_ppl"})
     md = (out / study.SUMMARY_NAME).read_text()
-    assert "spearman_p" in md and "kendall" in md
+    assert "spearman_p" in md and "kendall" in md and "## Degenerate cells" in md and "0.372" in md
 
     # Resume: every cell is in the CSV, so nothing is trained again.
     def boom(*args, **kwargs):
@@ -55,8 +60,11 @@ def test_smoke_study_writes_everything_and_resumes(tiny_corpus: Path, tmp_path: 
 
     monkeypatch.setattr(study, "train_cell", boom)
     again = run_study(study_cfg(tiny_corpus), out)
-    assert again["cells"] == 5
+    assert again["cells"] == len(rows)
     assert [r["hash"] for r in csv.DictReader((out / study.CSV_NAME).open())] == [r["hash"] for r in rows]
+    # another study's settings in the same folder are refused, not mixed in
+    with pytest.raises(ConfigError, match="other settings"):
+        run_study(study_cfg(tiny_corpus, "cells=5"), out)
 
 
 def test_study_reports_shared_weight_ppl_of_a_search(tiny_corpus: Path, tmp_path: Path) -> None:
@@ -66,6 +74,6 @@ def test_study_reports_shared_weight_ppl_of_a_search(tiny_corpus: Path, tmp_path
     report = run_study(study_cfg(tiny_corpus, f"search_run={search}", "cells=3", "include_named=false"), tmp_path / "s")
     _check_tables(report["tables"], {"valid_ppl", "shared_ppl"})
     rows = list(csv.DictReader((tmp_path / "s" / study.CSV_NAME).open()))
-    assert all(math.isfinite(float(r["shared_ppl"])) for r in rows)
+    assert all(math.isfinite(float(r["shared_ppl"])) for r in rows if r["degenerate"] == "0")
     with pytest.raises(ConfigError, match="space"):
         run_study(study_cfg(tiny_corpus, f"search_run={search}", "space=enas", "cells=2"), tmp_path / "e")

@@ -65,18 +65,31 @@ log = logging.getLogger(__name__)
 CSV_NAME = "mrs_study.csv"
 PLOT_NAME = "mrs_scatter.png"
 SUMMARY_NAME = "mrs_summary.md"
-#: Statistics correlated with perplexity, and the sign a useful proxy should show against it
-#: (higher score -> lower perplexity: negative; higher mean random error -> higher ppl: positive).
-STATS: tuple[str, ...] = ("mrs_mean", "mrs_sd", "mrs_score", "hidden_cov", "num_params")
-EXPECTED_SIGN: dict[str, str] = {
-    "mrs_mean": "+", "mrs_sd": "?", "mrs_score": "-", "hidden_cov": "-", "num_params": "-",
-}
+#: What a useful statistic does against perplexity: a higher-is-better score falls as ppl grows (-),
+#: a mean random error grows with it (+).
+SIGN = {"mean": "+", "sd": "?", "score": "-", "hidden_cov": "-", "num_params": "-"}
 TARGETS: tuple[str, ...] = ("valid_ppl", "shared_ppl")
-COLUMNS: tuple[str, ...] = (
-    "index", "hash", "name", "mrs_mean", "mrs_sd", "mrs_score", "mrs_log_p", "mrs_threshold",
-    "mrs_seconds", "hidden_cov", "hidden_cov_constant_units", "hidden_cov_seconds", "num_params",
-    "valid_ppl", "test_ppl", "train_seconds", "shared_ppl", "mrs_samples", "genotype",
+BASE_COLUMNS: tuple[str, ...] = (
+    "index", "hash", "name", "degenerate", "why", "hidden_cov", "hidden_cov_constant_units", "hidden_cov_seconds",
+    "num_params", "valid_ppl", "test_ppl", "train_seconds", "shared_ppl", "genotype",
 )
+VARIANT_FIELDS: tuple[str, ...] = ("mean", "sd", "score", "log_p", "threshold", "seconds", "samples")
+#: Published reference point: hidden covariance vs trained perplexity on NAS-Bench-NLP (Serianni & Kalita 2023).
+PUBLISHED_HIDDEN_COV_TAU = 0.372
+
+
+def columns(variants: Sequence[str]) -> list[str]:
+    """The CSV columns: the cell, then each MRS variant's statistics."""
+    return list(BASE_COLUMNS) + [f"{v}_{f}" for v in variants for f in VARIANT_FIELDS]
+
+
+def stats_of(variants: Sequence[str]) -> list[str]:
+    """The statistics correlated with perplexity."""
+    return [f"{v}_{k}" for v in variants for k in ("mean", "sd", "score")] + ["hidden_cov", "num_params"]
+
+
+def expected_sign(stat: str) -> str:
+    return SIGN.get(stat.rsplit("_", 1)[-1] if stat not in SIGN else stat, "?")
 
 
 # ----------------------------------------------------------------------------------------- setup
@@ -86,7 +99,12 @@ def validate_study(cfg: Any) -> None:
     """Value checks of the study app (types are checked by the schema)."""
     validate_common(cfg)
     check_section(cfg.space, "space", "space")
-    check_section(cfg.mrs, "mrs", "mrs")
+    if not cfg.variants:
+        raise ConfigError("variants={}: the study needs at least one MRS variant (see conf/mrs.yaml)")
+    for name, v in cfg.variants.items():
+        if not str(name).isidentifier():
+            raise ConfigError(f"invalid MRS variant name {name!r}: use letters, digits and _")
+        check_section(v, f"variants.{name}", "mrs")
     check_section(cfg.hidden_cov, "hidden_cov", "hidden_cov")
     if cfg.cells < 1:
         raise ConfigError(f"invalid config value cells={cfg.cells!r}: valid values are integers >= 1")
@@ -98,29 +116,35 @@ def validate_study(cfg: Any) -> None:
         raise ConfigError(f"invalid config value shared_batches={cfg.shared_batches!r}: valid values are integers >= 1")
 
 
-def sample_cells(space_name: str, num_nodes: int, n: int, seed: int, include_named: bool) -> list[Genotype]:
-    """The space's published cell(s) (optional), then n distinct sampled cells (distinct by hash)."""
+def sample_cells(space_name: str, num_nodes: int, n: int, seed: int, include_named: bool,
+                 require_memory: bool = True) -> tuple[list[Genotype], list[Genotype]]:
+    """(cells to train, degenerate cells): the space's published cell(s) (optional), then distinct cells drawn
+    uniformly until ``n`` are not degenerate; the degenerate ones drawn on the way are kept apart."""
     space = make_space(space_name, num_nodes)
     gen = torch.Generator().manual_seed(int(seed))
-    cells: list[Genotype] = []
+    live: list[Genotype] = []
+    dead: list[Genotype] = []
     seen: set[str] = set()
     if include_named:
         for name in space_type(space_name).named:  # the space's published cells
             g = get_named(name)
             seen.add(g.hash())
-            cells.append(g)
+            live.append(g)
     sampled, tries = 0, 0
     while sampled < n:
         g = space.sample(gen)
         tries += 1
         if tries > 1000 * n:
-            raise ConfigError(f"could not sample {n} distinct {space_name} cells with {num_nodes} nodes")
+            raise ConfigError(f"could not sample {n} distinct valid {space_name} cells with {num_nodes} nodes")
         if g.hash() in seen:
             continue
         seen.add(g.hash())
-        cells.append(g)
+        if g.is_degenerate(require_memory):
+            dead.append(g)
+            continue
+        live.append(g)
         sampled += 1
-    return cells
+    return live, dead
 
 
 def scoring_slice(valid: torch.Tensor, bptt: int, batch: Optional[int]) -> torch.Tensor:
@@ -203,85 +227,112 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     """Rows of an existing study CSV (numbers parsed), or [] when absent."""
     if not path.is_file():
         return []
+    text_keys = ("hash", "name", "genotype", "why")
     with path.open(newline="") as f:
-        rows = []
-        for raw in csv.DictReader(f):
-            row = {k: (_num(v) if k not in ("hash", "name", "genotype", "mrs_samples") else v) for k, v in raw.items()}
-            rows.append(row)
-        return rows
+        return [{k: (v if k in text_keys or k.endswith("_samples") else _num(v)) for k, v in raw.items()}
+                for raw in csv.DictReader(f)]
 
 
-def write_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+def write_rows(path: Path, rows: Sequence[dict[str, Any]], variants: Sequence[str]) -> None:
     """Writes the CSV atomically (an interrupted write never leaves a truncated file)."""
+    cols = columns(variants)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     with os.fdopen(fd, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(COLUMNS), extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in COLUMNS})
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
     os.replace(tmp, path)
 
 
-def _samples(row: dict[str, Any]) -> list[float]:
-    return [float(v) for v in str(row["mrs_samples"]).split()]
+def _samples(row: dict[str, Any], variant: str) -> list[float]:
+    return [float(v) for v in str(row[f"{variant}_samples"]).split()]
 
 
-def rescore(rows: list[dict[str, Any]], cfg: Any, vocab_size: int) -> Optional[float]:
-    """Recomputes every row's MRS score against ONE threshold: the q-quantile of all cells' errors
-    (quantile mode) or ``cfg.threshold``; returns the threshold used."""
-    if not rows:
+def rescore(rows: list[dict[str, Any]], variant: str, cfg: Any, vocab_size: int) -> Optional[float]:
+    """Recomputes every row's score of one MRS variant against ONE threshold: the q-quantile of the
+    errors of all non-degenerate cells (quantile mode) or ``cfg.threshold``; returns the threshold used."""
+    live = [r for r in rows if not r.get("degenerate")]
+    if not live:
         return None
     hi = float(cfg.hi) if cfg.hi is not None else lm_error_hi(str(cfg.error), vocab_size)
     if cfg.threshold_mode == "quantile":
         tracker = ThresholdTracker(float(cfg.quantile))
-        for r in rows:
-            tracker.add(_samples(r))
+        for r in live:
+            tracker.add(_samples(r, variant))
         t = tracker.threshold()
     else:
         t = float(cfg.threshold)
     for r in rows:
-        res = score_from_errors(_samples(r), t, cfg.lo, hi, cfg.floor)
-        r.update(mrs_score=res.score, mrs_log_p=res.log_p, mrs_threshold=t)
+        res = score_from_errors(_samples(r, variant), t, cfg.lo, hi, cfg.floor)
+        r.update({f"{variant}_score": res.score, f"{variant}_log_p": res.log_p, f"{variant}_threshold": t})
     return t
 
 
 # ------------------------------------------------------------------------------------ reporting
 
 
-def correlations(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Spearman and Kendall (with p-values) of every statistic against each available target."""
+def correlations(rows: Sequence[dict[str, Any]], stats: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """Spearman and Kendall (with p-values) of every statistic against each available target, over the
+    trained (non-degenerate) cells."""
+    trained = [r for r in rows if not r.get("degenerate")]
     out: dict[str, list[dict[str, Any]]] = {}
     for target in TARGETS:
-        if any(r.get(target) is not None and math.isfinite(float(r[target])) for r in rows):
-            table = correlation_table(rows, target, STATS, methods=("spearman", "kendall"))
+        if any(r.get(target) is not None and math.isfinite(float(r[target])) for r in trained):
+            table = correlation_table(trained, target, list(stats), methods=("spearman", "kendall"))
             for t in table:
-                t["expected"] = EXPECTED_SIGN[t["stat"]]
+                t["expected"] = expected_sign(t["stat"])
             out[target] = table
     return out
 
 
-def plot_scatter(rows: Sequence[dict[str, Any]], path: Path) -> Path:
-    """One panel per statistic: the statistic against the trained validation perplexity (log y)."""
-    fig = Figure(figsize=(4 * len(STATS), 3.6))
+def degenerate_report(rows: Sequence[dict[str, Any]], variants: Sequence[str]) -> list[dict[str, Any]]:
+    """How each score treats degenerate cells: the share of them among the cells it ranks in its best
+    quarter, against their share of all scored cells (a score that prefers dead cells shows a higher share)."""
+    scored = [r for r in rows if r.get("hidden_cov") is not None or any(r.get(f"{v}_score") is not None for v in variants)]
+    if not scored or not any(r.get("degenerate") for r in scored):
+        return []
+    base = sum(bool(r.get("degenerate")) for r in scored) / len(scored)
+    out = []
+    keys = [(f"{v}_score", True) for v in variants] + [(f"{v}_mean", False) for v in variants] + [("hidden_cov", True)]
+    for key, higher_better in keys:
+        vals = [(float(r[key]), bool(r.get("degenerate"))) for r in scored
+                if r.get(key) is not None and math.isfinite(float(r[key]))]
+        if not vals:
+            out.append({"statistic": key, "dead share of its best quarter": None, "dead share of all": base,
+                        "defined for dead cells": 0})
+            continue
+        vals.sort(key=lambda t: -t[0] if higher_better else t[0])
+        top = vals[: max(1, len(vals) // 4)]
+        out.append({"statistic": key, "dead share of its best quarter": sum(d for _, d in top) / len(top),
+                    "dead share of all": base, "defined for dead cells": sum(d for _, d in vals)})
+    return out
+
+
+def plot_scatter(rows: Sequence[dict[str, Any]], stats: Sequence[str], path: Path) -> Path:
+    """One panel per statistic against the trained validation perplexity (log y), trained cells only."""
+    trained = [r for r in rows if not r.get("degenerate")]
+    ncols = min(5, len(stats))
+    nrows = math.ceil(len(stats) / ncols)
+    fig = Figure(figsize=(3.6 * ncols, 3.2 * nrows))
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(STATS), squeeze=False)
-    for ax, stat in zip(axes[0], STATS):
-        pts = [(float(r[stat]), float(r["valid_ppl"])) for r in rows
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax, stat in zip([a for row in axes for a in row], stats):
+        pts = [(float(r[stat]), float(r["valid_ppl"]), r.get("name")) for r in trained
                if r.get(stat) is not None and r.get("valid_ppl") is not None
                and math.isfinite(float(r[stat])) and math.isfinite(float(r["valid_ppl"]))]
         if pts:
-            xs, ys = zip(*pts)
-            ax.scatter(xs, ys, s=18, alpha=0.8)
-            for r in rows:  # label the published cells
-                if r.get("name") and r.get(stat) is not None and r.get("valid_ppl") is not None:
-                    x, y = float(r[stat]), float(r["valid_ppl"])
-                    if math.isfinite(x) and math.isfinite(y):
-                        ax.annotate(str(r["name"]), (x, y), fontsize=8)
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=14, alpha=0.8)
+            for x, y, name in pts:  # label the published cells
+                if name:
+                    ax.annotate(str(name), (x, y), fontsize=7)
             ax.set_yscale("log")
-        ax.set_xlabel(stat)
-        ax.set_ylabel("trained valid ppl")
+        ax.set_xlabel(stat, fontsize=8)
+        ax.set_ylabel("trained valid ppl", fontsize=8)
+    for ax in [a for row in axes for a in row][len(stats):]:
+        ax.set_axis_off()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     return path
 
 
@@ -291,43 +342,54 @@ def _mean(values: Sequence[Any]) -> float:
 
 
 def render_markdown(cfg: Any, rows: Sequence[dict[str, Any]], tables: dict[str, list[dict[str, Any]]],
-                    threshold: Optional[float], shared_seconds: Optional[float]) -> str:
-    """The study summary: setup, correlation tables, costs, per-cell table."""
-    m, d, tr, mc = cfg.model, cfg.data, cfg.train, cfg.mrs
+                    thresholds: dict[str, Optional[float]], dead: list[dict[str, Any]],
+                    shared_seconds: Optional[float]) -> str:
+    """The study summary: setup, correlation tables, degenerate cells, costs, per-cell table."""
+    m, d, tr = cfg.model, cfg.data, cfg.train
     tokens = int(tr.max_steps) * int(d.batch_size) * int(d.bptt)
+    trained = [r for r in rows if not r.get("degenerate")]
     lines = [
         f"# Training-free scores vs trained perplexity ({cfg.space.name} space, {d.name})",
         "",
-        f"- cells: {len(rows)} ({cfg.cells} sampled with seed {cfg.seed}"
-        + (", plus the published cell" if cfg.include_named else "") + ")",
-        f"- model: 1 layer, emb {m.emb_size}, hidden {m.hidden_size}, tied {m.tie_weights}; "
-        f"budget {tr.max_steps} steps x {d.batch_size} x {d.bptt} = {tokens} training tokens per cell, lr {tr.lr}",
-        f"- MRS: N = {mc.samples} draws, dist {mc.dist}({mc.scale}), error {mc.error}, "
-        f"threshold {mc.threshold_mode}" + (f" q = {mc.quantile}" if mc.threshold_mode == "quantile" else "")
-        + (f" -> t = {threshold:.4g}" if threshold is not None else ""),
+        f"- cells: {len(trained)} trained ({cfg.cells} drawn uniformly with seed {cfg.seed} among the "
+        "non-degenerate ones" + (", plus the published cell" if cfg.include_named else "")
+        + f"); {len(rows) - len(trained)} degenerate cells drawn on the way, scored but not trained",
+        f"- model: 1 layer, emb {m.emb_size}, hidden {m.hidden_size}, tied {m.tie_weights}; one recipe for every cell: "
+        f"{tr.max_steps} SGD steps x {d.batch_size} x {d.bptt} = {tokens:,} training tokens, lr {tr.lr}",
         f"- hidden covariance: model init (seed {cfg.hidden_cov.seed}), k = {cfg.hidden_cov.k}",
-        f"- scoring slice: first {cfg.score_bptt or d.bptt} + 1 validation rows x "
-        f"{cfg.score_batch or d.eval_batch_size} columns",
-        "",
-        "Expected sign against perplexity: `+` the statistic grows with ppl, `-` it falls (a useful "
-        "higher-is-better score is negative).",
-        "",
+        f"- scoring slice: first {cfg.score_bptt or d.bptt} + 1 validation rows x {cfg.score_batch or d.eval_batch_size} columns",
+        "- MRS variants:",
     ]
+    for name, v in cfg.variants.items():
+        t = thresholds.get(name)
+        lines.append(f"  - `{name}`: N = {v.samples} draws, weights {v.dist}" + ("" if v.dist == "init" else f"({v.scale})")
+                     + f", error {v.error}, threshold {v.threshold_mode}"
+                     + (f" q = {v.quantile}" if v.threshold_mode == "quantile" else f" t = {v.threshold}")
+                     + (f" -> t = {t:.4g}" if t is not None else ""))
+    lines += ["", "Expected sign against perplexity: `+` the statistic grows with ppl, `-` it falls (a useful "
+              f"higher-is-better score is negative). Published reference: hidden covariance reaches |tau| = "
+              f"{PUBLISHED_HIDDEN_COV_TAU} on NAS-Bench-NLP (Serianni & Kalita 2023).", ""]
     names = {"valid_ppl": "trained validation perplexity", "shared_ppl": "shared-weight perplexity"}
     for target, table in tables.items():
-        lines += [f"## Against {names[target]}", "",
+        lines += [f"## Against {names[target]} ({len(trained)} trained cells)", "",
                   to_markdown(table, ["stat", "expected", "n", "spearman", "spearman_p", "kendall", "kendall_p"]), ""]
-    mrs_s = _mean([r.get("mrs_seconds") for r in rows])
+    if dead:
+        lines += ["## Degenerate cells", "",
+                  "Share of degenerate cells among the best quarter of all scored cells, by each statistic "
+                  "(above the overall share: the statistic prefers dead cells).", "",
+                  to_markdown(dead, list(dead[0]), ".3g"), ""]
+    v0 = next(iter(cfg.variants))
+    mrs_s = _mean([r.get(f"{v0}_seconds") for r in rows])
     hc_s = _mean([r.get("hidden_cov_seconds") for r in rows])
-    train_s = _mean([r.get("train_seconds") for r in rows])
+    train_s = _mean([r.get("train_seconds") for r in trained])
     lines += ["## Cost per cell (seconds, mean)", "",
-              to_markdown([{"MRS": mrs_s, "hidden_cov": hc_s, "train": train_s,
+              to_markdown([{f"MRS ({v0})": mrs_s, "hidden_cov": hc_s, "train": train_s,
                             "shared eval": shared_seconds if shared_seconds is not None else math.nan,
                             "train / MRS": train_s / mrs_s if mrs_s > 0 else math.nan}],
-                          ["MRS", "hidden_cov", "train", "shared eval", "train / MRS"], ".3g"), ""]
-    cols = ["hash", "name", "mrs_mean", "mrs_sd", "mrs_score", "hidden_cov", "num_params", "valid_ppl", "shared_ppl"]
-    ordered = sorted(rows, key=lambda r: float(r["valid_ppl"]) if r.get("valid_ppl") is not None else math.inf)
-    lines += ["## Cells (best trained perplexity first)", "", to_markdown(ordered, cols, ".4g"), ""]
+                          [f"MRS ({v0})", "hidden_cov", "train", "shared eval", "train / MRS"], ".3g"), ""]
+    cols = ["hash", "name", f"{v0}_mean", f"{v0}_score", "hidden_cov", "num_params", "valid_ppl", "shared_ppl"]
+    ordered = sorted(trained, key=lambda r: float(r["valid_ppl"]) if r.get("valid_ppl") is not None else math.inf)
+    lines += ["## Trained cells (best perplexity first)", "", to_markdown(ordered, cols, ".4g"), ""]
     return "\n".join(lines)
 
 
@@ -383,7 +445,10 @@ def _run_study(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     splits = load_splits(cfg.data, device)
     vocab_size = len(splits.corpus.vocab)
     data = scoring_slice(splits.valid, cfg.score_bptt or cfg.data.bptt, cfg.score_batch)
-    cells = sample_cells(cfg.space.name, cfg.space.num_nodes, cfg.cells, cfg.seed, cfg.include_named)
+    live, dead = sample_cells(cfg.space.name, cfg.space.num_nodes, cfg.cells, cfg.seed, cfg.include_named,
+                              bool(cfg.require_memory))
+    cells = [(g, False) for g in live] + [(g, True) for g in (dead if cfg.degenerate_scored else [])]
+    variants = list(cfg.variants)
     csv_path = run_dir / CSV_NAME
     rows = read_rows(csv_path)
     done = {r["hash"] for r in rows}
@@ -392,45 +457,48 @@ def _run_study(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     kw = dict(emb_size=int(m.emb_size), hidden_size=int(m.hidden_size), tie_weights=bool(m.tie_weights),
               state_clip=m.state_clip, init_range=m.init_range)
     cache = ScoreCache()
-    for i, g in enumerate(cells):
+    for i, (g, degenerate) in enumerate(cells):
         h = g.hash()
         if h in done:
             continue
         cell_path = run_dir / "cells" / f"{h}.json"
         g.to_json(cell_path)
-        mrs = mrs_score_genotype(g, data, vocab_size, cfg.mrs, cache=cache, **kw)
+        row: dict[str, Any] = {"index": i, "hash": h, "name": g.name or "", "degenerate": int(degenerate),
+                               "why": g.analysis().why(bool(cfg.require_memory)),
+                               "genotype": json.dumps(g.to_dict(), separators=(",", ":"))}
+        for name, vcfg in cfg.variants.items():
+            res = mrs_score_genotype(g, data, vocab_size, vcfg, cache=cache, **kw)
+            row.update({f"{name}_mean": res.mean, f"{name}_sd": res.sd, f"{name}_seconds": res.seconds,
+                        f"{name}_samples": " ".join(repr(float(e)) for e in res.samples)})
         hc = hidden_cov_score(g, data, vocab_size, cfg.hidden_cov, cache=cache, **kw)
-        t0 = time.perf_counter()
-        metrics = train_cell(cfg, cell_path, run_dir / "runs" / h)
-        row = {
-            "index": i, "hash": h, "name": g.name or "",
-            "mrs_mean": mrs.mean, "mrs_sd": mrs.sd, "mrs_score": mrs.score, "mrs_log_p": mrs.log_p,
-            "mrs_threshold": mrs.threshold, "mrs_seconds": mrs.seconds,
-            "hidden_cov": hc.score, "hidden_cov_constant_units": hc.constant_units, "hidden_cov_seconds": hc.seconds,
-            "num_params": metrics.get("num_params"), "valid_ppl": metrics.get("valid_ppl"),
-            "test_ppl": metrics.get("test_ppl"), "train_seconds": metrics.get("wall_s") or time.perf_counter() - t0,
-            "shared_ppl": None, "mrs_samples": " ".join(repr(float(e)) for e in mrs.samples),
-            "genotype": json.dumps(g.to_dict(), separators=(",", ":")),
-        }
+        row.update(hidden_cov=hc.score, hidden_cov_constant_units=hc.constant_units, hidden_cov_seconds=hc.seconds)
+        if not degenerate:  # a degenerate cell is scored, never trained: that is the point of recognising it
+            t0 = time.perf_counter()
+            metrics = train_cell(cfg, cell_path, run_dir / "runs" / h)
+            row.update(num_params=metrics.get("num_params"), valid_ppl=metrics.get("valid_ppl"),
+                       test_ppl=metrics.get("test_ppl"), train_seconds=metrics.get("wall_s") or time.perf_counter() - t0)
         rows.append(row)
         done.add(h)
-        write_rows(csv_path, rows)  # after every cell: an interrupted study keeps what it finished
-        log.info("cell %d/%d %s: MRS mean %.3f sd %.3f, hidden_cov %.4g, valid ppl %.1f", len(rows),
-                 len(cells), h, mrs.mean, mrs.sd, hc.score, float(metrics.get("valid_ppl") or math.nan))
+        write_rows(csv_path, rows, variants)  # after every cell: an interrupted study keeps what it finished
+        log.info("cell %d/%d %s%s: %s, hidden_cov %.4g%s", len(rows), len(cells), h, " (degenerate)" if degenerate else "",
+                 ", ".join(f"{v} mean {row[f'{v}_mean']:.3f}" for v in variants), hc.score,
+                 "" if degenerate else f", valid ppl {float(row.get('valid_ppl') or math.nan):.1f}")
         _release_memory()
     shared_seconds = None
     if cfg.search_run:
-        genotypes = [Genotype.from_dict(json.loads(r["genotype"])) for r in rows]
+        genotypes = [Genotype.from_dict(json.loads(r["genotype"])) for r in rows if not r.get("degenerate")]
         t0 = time.perf_counter()
         ppls = shared_weight_ppls(cfg.search_run, genotypes, cfg.space.name, cfg.shared_batches, device)
         shared_seconds = (time.perf_counter() - t0) / max(len(genotypes), 1)
         for r in rows:
             r["shared_ppl"] = ppls.get(r["hash"])
-    threshold = rescore(rows, cfg.mrs, vocab_size)
-    write_rows(csv_path, rows)
-    tables = correlations(rows)
-    png = plot_scatter(rows, run_dir / PLOT_NAME) if cfg.plot else None
-    md = render_markdown(cfg, rows, tables, threshold, shared_seconds)
+    thresholds = {v: rescore(rows, v, cfg.variants[v], vocab_size) for v in variants}
+    write_rows(csv_path, rows, variants)
+    stats = stats_of(variants)
+    tables = correlations(rows, stats)
+    dead_table = degenerate_report(rows, variants)
+    png = plot_scatter(rows, stats, run_dir / PLOT_NAME) if cfg.plot else None
+    md = render_markdown(cfg, rows, tables, thresholds, dead_table, shared_seconds)
     (run_dir / SUMMARY_NAME).write_text(md)
-    return {"tables": tables, "csv": str(csv_path), "png": str(png) if png else None,
-            "summary": str(run_dir / SUMMARY_NAME), "cells": len(rows), "threshold": threshold}
+    return {"tables": tables, "csv": str(csv_path), "png": str(png) if png else None, "degenerate": dead_table,
+            "summary": str(run_dir / SUMMARY_NAME), "cells": len(rows), "thresholds": thresholds}
