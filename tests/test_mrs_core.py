@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import math
 import os
 import subprocess
@@ -276,10 +277,52 @@ def test_score_registry() -> None:
 # --------------------------------------------------------------------------- script
 
 
+def _load_sine_script():
+    spec = importlib.util.spec_from_file_location("mrs_sine", REPO / "scripts" / "mrs_sine.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sine_keras_lstm_matches_torch_lstm_and_keras_hard_sigmoid() -> None:
+    """The script's Keras LSTM (gate order i, f, c, o, one bias) is nn.LSTM with bias_hh = 0 when its
+    gates are sigmoids; Keras 2's hard sigmoid is clip(0.2 z + 0.5, 0, 1)."""
+    sine = _load_sine_script()
+    g = torch.Generator().manual_seed(0)
+    layer = sine.KerasLSTM(3, 5, gate="sigmoid")
+    ref = nn.LSTM(3, 5, batch_first=True)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_(generator=g)
+        ref.weight_ih_l0.copy_(layer.kernel.T)
+        ref.weight_hh_l0.copy_(layer.recurrent_kernel.T)
+        ref.bias_ih_l0.copy_(layer.bias)
+        ref.bias_hh_l0.zero_()
+        x = torch.randn(4, 7, 3, generator=g)
+        assert torch.allclose(layer(x, sequences=True), ref(x)[0], atol=1e-6)
+        assert torch.allclose(layer(x, sequences=False), ref(x)[0][:, -1], atol=1e-6)
+    z = torch.tensor([-3.0, -2.5, 0.0, 1.0, 2.5, 3.0])
+    assert sine.hard_sigmoid(z).tolist() == pytest.approx([0.0, 0.0, 0.5, 0.7, 1.0, 1.0])
+    # MRS redraws every weight: a SineNet has no parameter outside kernel/recurrent/bias/dense.
+    names = {n.split(".")[-1] for n, _ in sine.SineNet([2, 3]).named_parameters()}
+    assert names == {"kernel", "recurrent_kernel", "bias", "weight"}
+
+
+def test_sine_grid_is_the_authors_space_and_seeded() -> None:
+    sine = _load_sine_script()
+    grid = sine.choose_grid(20, [1, 2, 3], seed=0)
+    assert grid == sine.choose_grid(20, [1, 2, 3], seed=0) and len(set(grid)) == 60
+    for widths, lb in grid:
+        assert 1 <= len(widths) <= 3 and all(1 <= w <= 10 for w in widths) and 2 <= lb <= 20
+    data = sine.load_data()
+    assert data["train"].numel() == 1000 and data["test"].numel() == 200
+    assert float(data["train"].min()) == pytest.approx(0.0, abs=1e-9) and float(data["train"].max()) == pytest.approx(1.0)
+
+
 def test_mrs_sine_quick(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "mrs_sine.py"), "--quick", "--out", str(tmp_path)],
+        [sys.executable, str(REPO / "scripts" / "mrs_sine.py"), "--quick", "--lookback1", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -288,6 +331,10 @@ def test_mrs_sine_quick(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = list(csv.DictReader(open(tmp_path / "mrs_sine.csv")))
-    assert rows and {"layers", "hidden", "look_back", "mrs_mean", "mrs_sd", "mrs_log_p"} <= set(rows[0])
+    assert rows and {"layers", "widths", "look_back", "mrs_mean", "mrs_sd", "mrs_log_p", "mae_e3"} <= set(rows[0])
+    main = [r for r in rows if r["variant"] == "authors"]
+    assert len(main) == 12 and all(2 <= int(r["look_back"]) <= 20 for r in main)
+    assert {int(r["look_back"]) for r in rows if r["variant"] == "lookback1"} == {1}
+    assert all(0.0 <= float(r["mrs_mean"]) <= 1.0 and float(r["mrs_log_p"]) >= math.log(1e-300) for r in rows)
     assert (tmp_path / "mrs_sine_scatter.png").stat().st_size > 0
-    assert "Pearson" in proc.stdout or "pearson" in proc.stdout
+    assert "Pearson" in proc.stdout and "Ablation" in proc.stdout

@@ -23,15 +23,18 @@ we follow or change here:
   (``dataset.testing_data`` in ``tools/architecture.py``).
 * fit: ``mean = np.mean``, ``sd = np.std`` (population sd, ddof=0) - same here.
 * truncation: ``[truncated_lower, truncated_upper] = [0, 2]`` for their sine
-  example (targets and tanh outputs both in [-1, 1], so MAE is in [0, 2]).
-  Our default ``hi`` comes from the error registry: 2.0 for ``"mae"`` for the
-  same reason; pass ``hi=1.0`` for outputs and targets in [0, 1].
-* score: ``np.log(scipy.stats.truncnorm.cdf(t, ...))`` with ``t = 0.01`` and no
-  guard, so an underflowing cdf gives ``-inf``. *Deviation:* we evaluate
+  examples (unscaled sine targets in [-1, 1], so MAE is in [0, 2]) and
+  ``[0, 1]`` for their MinMax-scaled data with sigmoid outputs
+  (``publications/low-cost/mae/mrs-energy.json``). Our default ``hi`` comes
+  from the error registry: 2.0 for ``"mae"``; pass ``hi=1.0`` for outputs and
+  targets in [0, 1] (scripts/mrs_sine.py does).
+* score: ``np.log(scipy.stats.truncnorm.cdf(t, ...))`` with ``t = 0.01``; the
+  2018 code had no guard (an underflowing cdf gave ``-inf``), since 2019
+  ``p == 0`` is replaced by ``log(1e-300)``. *Deviation:* we evaluate
   ``log P`` in log space (``scipy.special.log_ndtr``), which stays finite and
   ordered far into the tail (where the cdf itself underflows); ``score`` is
   then clamped below at ``log(floor)`` (default ``floor = 1e-300``, i.e. about
-  -690.8) so that no score is ever ``-inf``. ``MRSResult.log_p`` keeps the
+  -690.8, the authors' 2019 guard) so that no score is ever ``-inf``. ``MRSResult.log_p`` keeps the
   unclamped value; ``floor = 0`` disables the clamp.
 * ``sd == 0`` (all draws equal) is handled exactly: the fitted distribution is
   a point mass, so ``p = 1`` if ``mean <= t`` else ``0`` (scipy would give NaN).
