@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from enas_rnn import __version__
-
-from conftest import REPO
 
 APPS = ("train", "search", "compare", "export", "mrs", "pipeline")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, compose_app
 
 import enas_rnn.supernet as supernet_mod
 from enas_rnn.apps.search import run_search
@@ -24,8 +25,6 @@ from enas_rnn.conf import validate_search
 from enas_rnn.errors import CheckpointError, ConfigError
 from enas_rnn.runs import folder_lock
 from enas_rnn.search import SearchDiverged
-
-from conftest import REPO, compose_app
 
 SMOKE = ["experiment=smoke", "train.max_steps=20", "train.checkpoint_every=5", "train.eval_every=10"]
 
