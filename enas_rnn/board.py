@@ -15,10 +15,11 @@ from typing import Any, Optional, Sequence
 
 from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from enas_rnn.genotype import Genotype
 
-__all__ = ["open_writer", "hparams", "cell_markdown", "DEFINING_KEYS", "PPL_CAP"]
+__all__ = ["open_writer", "hparams", "write_hparams", "cell_markdown", "DEFINING_KEYS", "PPL_CAP"]
 
 #: Cap of perplexity charts and hparam metrics: a diverged model's 1e10 would flatten every other curve.
 PPL_CAP = 5000.0
@@ -53,6 +54,20 @@ def hparams(cfg: Any, app: str, overrides: Sequence[str] = ()) -> dict[str, Any]
         value = getattr(value, "value", value)  # enums
         out[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
     return out
+
+
+def write_hparams(writer: SummaryWriter, values: dict[str, Any], metrics: dict[str, float], step: int = 0) -> None:
+    """The run's hparams and its metrics, without an experiment summary.
+
+    ``SummaryWriter.add_hparams`` also writes an experiment summary, and TensorBoard shows the first one it
+    finds for the whole logdir: one TensorBoard over train and search runs then hides the other app's
+    metrics. Without it TensorBoard builds the table from every run's own hparams and ``hparam/*`` scalars.
+    """
+    _, start, end = hparams_summary(values, metrics)
+    writer.file_writer.add_summary(start, step)
+    writer.file_writer.add_summary(end, step)
+    for key, value in metrics.items():
+        writer.add_scalar(key, value, step)
 
 
 def cell_markdown(g: Genotype, note: str = "") -> str:

@@ -36,7 +36,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from enas_rnn.board import PPL_CAP, cell_markdown, hparams, open_writer
+from enas_rnn.board import PPL_CAP, cell_markdown, hparams, open_writer, write_hparams
 from enas_rnn.checkpoint import (
     LAST,
     checkpoint_dir,
@@ -448,9 +448,9 @@ class SearchRun:
             "wall_s": self.wall_before + time.perf_counter() - self.wall_t0,
             "device": str(self.device),
         }
-        self.writer.add_hparams(hparams(cfg, "search", self.overrides),
-                                {"hparam/best_shared_ppl": min(metrics["best_ppl"], PPL_CAP),
-                                 "hparam/degenerate_share": metrics["degenerate_share"]}, run_name=".")
+        write_hparams(self.writer, hparams(cfg, "search", self.overrides),
+                      {"hparam/best_shared_ppl": min(metrics["best_ppl"], PPL_CAP),
+                       "hparam/degenerate_share": metrics["degenerate_share"]}, st.controller_step)
         self.writer.close()
         write_json(self.run_dir / "metrics.json", metrics)
         return metrics

@@ -58,3 +58,33 @@ def test_logs_are_lines_in_the_run_folder_and_multirun_folders_are_named(tiny_co
     assert res.returncode == 0, res.stderr[-2000:]
     log = (tmp_path / "s" / "search.log").read_text()
     assert log.count("epoch 1/2:") == 1 and log.count("epoch 2/2:") == 1 and "done: best cell" in log
+
+
+def test_tensorboard_shows_train_and_search_runs_side_by_side(tiny_corpus: Path, tmp_path: Path) -> None:
+    """Readable run names, the cell as formulas, few hparams, and no experiment summary that would hide
+    one app's metrics when one TensorBoard reads train and search runs together."""
+    from conftest import compose_app
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+    from tensorboard.plugins.hparams import metadata
+
+    from enas_rnn.apps.search import run_search
+    from enas_rnn.apps.train import train_lm
+
+    train_lm(compose_app("train", ["experiment=smoke", f"data.root={tiny_corpus}", "model=cell", "cell=lstm"]),
+             tmp_path / "t")
+    run_search(compose_app("search", ["experiment=smoke", f"data.root={tiny_corpus}", "search.epochs=1"]), tmp_path / "s")
+    mux = EventMultiplexer().AddRunsFromDirectory(str(tmp_path))
+    mux.Reload()
+    runs = mux.Runs()
+    assert any(r.endswith("tb/train-f0849106a2f8-h32-seed0") for r in runs)
+    assert any(r.endswith("tb/search-lstm-enas-seed0") for r in runs)
+    for run, tags in runs.items():
+        plugin = mux.PluginRunToTagToContent(metadata.PLUGIN_NAME).get(run, {})
+        assert metadata.EXPERIMENT_TAG not in plugin, run
+        if metadata.SESSION_START_INFO_TAG in plugin:
+            info = metadata.parse_session_start_info_plugin_data(plugin[metadata.SESSION_START_INFO_TAG])
+            assert 5 <= len(info.hparams) <= 12, sorted(info.hparams)
+    search_run = next(r for r in runs if r.endswith("search-lstm-enas-seed0"))
+    assert "controller/child_valid_log_ppl" in runs[search_run]["scalars"]
+    texts = [t for r in runs for t in runs[r].get("tensors", [])]
+    assert "cell/text_summary" in texts and "search/epoch_best_cell_formulas/text_summary" in texts

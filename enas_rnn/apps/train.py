@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from enas_rnn.board import PPL_CAP, cell_markdown, hparams, open_writer
+from enas_rnn.board import PPL_CAP, cell_markdown, hparams, open_writer, write_hparams
 from enas_rnn.checkpoint import (
     BEST,
     LAST,
@@ -193,9 +193,9 @@ def _train_lm(cfg: DictConfig, run_dir: str | Path, on_step: Optional[Callable[[
         "device": str(device),
         "history": state.history,
     }
-    writer.add_hparams(hparams(cfg, "train", overrides),
-                       {"hparam/valid_ppl": min(metrics["valid_ppl"], PPL_CAP), "hparam/test_ppl": min(metrics["test_ppl"], PPL_CAP)},
-                       run_name=".")
+    write_hparams(writer, hparams(cfg, "train", overrides),
+                  {"hparam/valid_ppl": min(metrics["valid_ppl"], PPL_CAP), "hparam/test_ppl": min(metrics["test_ppl"], PPL_CAP)},
+                  state.step)
     writer.close()
     write_json(run_dir / "metrics.json", metrics)
     return metrics
