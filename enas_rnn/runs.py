@@ -95,13 +95,16 @@ LOCK_NAME = ".lock"
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | Path, what: str = "run", wait: bool = False) -> Iterator[None]:
+def folder_lock(folder: str | Path, what: str = "run", wait: bool = False, create: bool = True) -> Iterator[None]:
     """Holds ``<folder>/.lock`` (an OS file lock, released even if the process dies) while the block runs.
 
     Without ``wait`` a second process is refused with a message naming the folder; with ``wait`` it
-    blocks until the first is done (e.g. two pipelines that need the same cached baseline run).
+    blocks until the first is done (e.g. two pipelines that need the same cached baseline run). A folder
+    to resume is never created (``create=False``): a mistyped path is an error, not a new empty folder.
     """
     folder = Path(folder)
+    if not create and not folder.is_dir():
+        raise ConfigError(f"resume={folder}: no such folder; pass the folder of an earlier run")
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:

@@ -211,8 +211,7 @@ def _check_folder(cfg: DictConfig, run: Path) -> DictConfig:
 def run_pipeline(cfg: DictConfig, run_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Runs (or continues) every stage in ``run_dir`` and writes summary.md / metrics.json."""
     run = Path(cfg.resume) if cfg.get("resume") else Path(run_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    with folder_lock(run, "pipeline"):
+    with folder_lock(run, "pipeline", create=not cfg.get("resume")):
         given = cfg
         cfg = _check_folder(cfg, run)
         if given.get("resume"):

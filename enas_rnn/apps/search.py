@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from enas_rnn.checkpoint import load_resumable
 from enas_rnn.conf import SearchAppConfig, validate_search
-from enas_rnn.errors import CheckpointError
+from enas_rnn.errors import CheckpointError, ConfigError
 from enas_rnn.model import RNNLM
 from enas_rnn.runs import (
     Splits,
@@ -38,6 +38,8 @@ def run_search(cfg: DictConfig, run_dir: str | Path, hook: Optional[Hook] = None
     payload = None
     if cfg.get("resume"):
         run_dir = Path(cfg.resume)
+        if not run_dir.is_dir():
+            raise ConfigError(f"resume={run_dir}: no such folder; pass the folder of an earlier enas-search run")
         given = cfg
         cfg, payload = restore_search_config(run_dir)
         # The saved config is the run's identity; only the progress bar and the device follow the new

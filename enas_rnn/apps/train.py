@@ -90,7 +90,7 @@ def train_lm(
     """
     if not cfg.get("resume"):
         refuse_occupied(run_dir, "enas-train")
-    with folder_lock(Path(cfg.get("resume") or run_dir), "enas-train run"):
+    with folder_lock(Path(cfg.get("resume") or run_dir), "enas-train run", create=not cfg.get("resume")):
         try:
             return _train_lm(cfg, run_dir, on_step, overrides)
         except TrainingDiverged as exc:

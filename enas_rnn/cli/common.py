@@ -103,6 +103,11 @@ def friendly_errors() -> Iterator[None]:
         _log_to_files(f"error: {exc}")
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        message = "interrupted: the last checkpoint is kept; continue with resume=<this run's folder>"
+        _log_to_files(message)
+        print(message, file=sys.stderr)
+        sys.exit(130)
 
 
 def _log_to_files(message: str) -> None:
