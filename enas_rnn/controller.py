@@ -15,13 +15,15 @@ No training code lives here; REINFORCE is in :mod:`enas_rnn.search`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from enas_rnn.genotype import Genotype
+
+Constraint = Callable[[list[int]], Optional[list[bool]]]  # a decision prefix -> allowed next choices (None: all)
 
 
 @dataclass
@@ -80,35 +82,50 @@ class Controller(nn.Module):
         return logits
 
     def _run(
-        self, n: int, forced: Optional[Tensor], generator: Optional[torch.Generator]
+        self, n: int, forced: Optional[Tensor], generator: Optional[torch.Generator],
+        constraint: Optional[Constraint] = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Walks the decisions; samples (forced is None) or scores the given choices [n, D]."""
+        """Walks the decisions; samples (forced is None) or scores the given choices [n, D].
+
+        With ``constraint(prefix) -> allowed choices or None`` the disallowed logits are masked, so the
+        policy is the masked one: its log-probabilities and entropies, and hence REINFORCE's gradient,
+        are those of the distribution that was actually sampled.
+        """
         x = self.start.expand(n, -1)  # [n, H]
         state = None
         choices, log_probs, entropies = [], [], []
         for i in range(len(self.decisions)):
             h, c = self.lstm(x, state)
             state = (h, c)
-            log_p = F.log_softmax(self._logits(i, h), dim=-1)  # [n, C_i]
+            logits = self._logits(i, h)  # [n, C_i]
+            if constraint is not None:
+                prefixes = torch.stack(choices, 1).tolist() if choices else [[] for _ in range(n)]
+                masks = [constraint(p) for p in prefixes]
+                if any(m is not None for m in masks):
+                    allow = torch.tensor([m if m is not None else [True] * logits.size(1) for m in masks],
+                                         dtype=torch.bool, device=logits.device)
+                    logits = logits.masked_fill(~allow, float("-inf"))
+            log_p = F.log_softmax(logits, dim=-1)  # [n, C_i]
             if forced is None:
                 pick = torch.multinomial(log_p.detach().exp(), 1, generator=generator).squeeze(1)  # [n]
             else:
                 pick = forced[:, i]
             choices.append(pick)
             log_probs.append(log_p.gather(1, pick[:, None]).squeeze(1))
-            entropies.append(-(log_p.exp() * log_p).sum(-1))
+            entropies.append(-(log_p.exp() * log_p.clamp(min=-1e4)).sum(-1))  # 0 * -inf of masked choices is 0
             x = self.embeds[i](pick)  # [n, H]
         return torch.stack(choices, 1), torch.stack(log_probs, 1).sum(1), torch.stack(entropies, 1).sum(1)
 
-    def sample(self, n: int = 1, generator: Optional[torch.Generator] = None) -> Sample:
-        """Draws n cells (from the global torch RNG unless a generator is given)."""
-        choices, log_prob, entropy = self._run(n, None, generator)
+    def sample(self, n: int = 1, generator: Optional[torch.Generator] = None,
+               constraint: Optional[Constraint] = None) -> Sample:
+        """Draws n cells (from the global torch RNG unless a generator is given), masked by ``constraint``."""
+        choices, log_prob, entropy = self._run(n, None, generator, constraint)
         genotypes = [self.space.decode(row) for row in choices.tolist()]
         return Sample(genotypes, choices, log_prob, entropy)
 
-    def log_prob(self, genotypes: Sequence[Genotype]) -> tuple[Tensor, Tensor]:
+    def log_prob(self, genotypes: Sequence[Genotype], constraint: Optional[Constraint] = None) -> tuple[Tensor, Tensor]:
         """Log-probability and entropy [B] of given cells (teacher forcing through the same path)."""
         device = self.start.device
         forced = torch.tensor([self.space.encode(g) for g in genotypes], dtype=torch.long, device=device)
-        _, log_prob, entropy = self._run(len(genotypes), forced, None)
+        _, log_prob, entropy = self._run(len(genotypes), forced, None, constraint)
         return log_prob, entropy

@@ -24,6 +24,7 @@ A search folder holds::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -74,7 +75,7 @@ __all__ = ["SearchConfig", "SearchState", "SearchRun", "derive", "describe", "Ho
 
 Hook = Callable[[str, int], None]  # (event, counter): lets tests interrupt a run at a chosen point
 log = logging.getLogger(__name__)
-DEGENERATE_MODES: tuple[str, ...] = ("penalty", "resample", "off")
+DEGENERATE_MODES: tuple[str, ...] = ("mask", "penalty", "resample", "off")
 
 
 class SearchDiverged(UserError):
@@ -99,11 +100,12 @@ class SearchConfig:
     controller_clip: Optional[float] = None
     nonfinite_reward: float = 0.0  # reward of a child whose validation loss is not finite
     # Degenerate cells (h_t ignores the input, or - with require_memory - c_t carries nothing; decided
-    # exactly from the genotype, Genotype.analysis): "penalty" gives them degenerate_reward without any
-    # evaluation so the controller learns to avoid them, "resample" draws again until a cell is valid,
-    # "off" treats them like any cell. Random search samples the valid subset unless "off". No
-    # degenerate cell is trained in the shared phase or derived unless "off".
-    degenerate: str = "penalty"
+    # exactly from the genotype, Genotype.analysis): "mask" decodes only valid cells (the controller's
+    # output decisions are masked, so its policy and gradient are those of the valid cells), "penalty"
+    # gives them degenerate_reward without any evaluation so the controller may learn to avoid them,
+    # "resample" draws again until a cell is valid, "off" treats them like any cell. Random search
+    # samples the valid subset unless "off". No degenerate cell is trained or derived unless "off".
+    degenerate: str = "mask"
     require_memory: bool = True  # lstm space: a cell whose memory never carries the input is degenerate
     degenerate_reward: float = 0.0  # as bad as a diverged child
     derive_samples: int = 100  # cells drawn at derive time (ENAS-pytorch derive_num_sample)
@@ -164,7 +166,12 @@ class SearchRun:
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.gen = torch.Generator()
         self.gen.manual_seed(cfg.seed)
-        self.strategy: Strategy = make_strategy(cfg.search.strategy, self.space, cfg.controller, reinforce_config(cfg), self.gen)
+        s = cfg.search
+        # Constrained decoding (mode "mask"): the space says which output choices keep a cell valid.
+        constraint = functools.partial(self.space.allowed, require_memory=bool(s.require_memory)) \
+            if s.degenerate == "mask" else None
+        self.strategy: Strategy = make_strategy(s.strategy, self.space, cfg.controller, reinforce_config(cfg), self.gen,
+                                                constraint)
         self.strategy.to(self.device)
         self.screener = make_screener(cfg, vocab_size, self.splits.valid)
         s = cfg.search
@@ -172,7 +179,8 @@ class SearchRun:
         # valid(g): a cell worth evaluating; proposals are restricted to valid cells when redrawing
         # (resample mode, or random search, which has no policy to teach).
         self.valid = (lambda g: not g.is_degenerate(bool(s.require_memory))) if handle else None
-        self.redraw = self.valid if handle and (s.degenerate == "resample" or s.strategy == "random") else None
+        # (mask mode redraws too: the ~4 % of node choices with no valid output pair, 8-node lstm space)
+        self.redraw = self.valid if handle and (s.degenerate != "penalty" or s.strategy == "random") else None
         self.loop = LoopState(lr=cfg.train.lr)
         self.loop.bptt_gen.manual_seed(cfg.seed)
         self.state = SearchState()

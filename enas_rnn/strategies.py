@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from enas_rnn.controller import Controller, ControllerConfig, Sample
+from enas_rnn.controller import Constraint, Controller, ControllerConfig, Sample
 from enas_rnn.errors import ConfigError, UserError
 from enas_rnn.genotype import Genotype
 
@@ -118,10 +118,12 @@ class SearchSpaceExhausted(UserError):
 class ENASStrategy(Strategy):
     """REINFORCE (Williams 1992) on ``c / ppl`` with an EMA baseline and an entropy bonus."""
 
-    def __init__(self, controller: Controller, cfg: ReinforceConfig, generator: torch.Generator) -> None:
+    def __init__(self, controller: Controller, cfg: ReinforceConfig, generator: torch.Generator,
+                 constraint: Optional[Constraint] = None) -> None:
         self.controller = controller
         self.cfg = cfg
         self.generator = generator
+        self.constraint = constraint  # constrained decoding: the controller samples with masked logits
         self.optimizer = torch.optim.Adam(controller.parameters(), lr=cfg.controller_lr)
         self.baseline: Optional[float] = None
 
@@ -133,14 +135,14 @@ class ENASStrategy(Strategy):
     def sample_for_training(self, accept: Accept = None) -> tuple[Genotype, int]:
         self.controller.eval()
         for tries in range(MAX_DRAWS_PER_CELL):
-            g = self.controller.sample(1, self.generator).genotypes[0]
+            g = self.controller.sample(1, self.generator, self.constraint).genotypes[0]
             if accept is None or accept(g):
                 return g, tries
         raise SearchSpaceExhausted(self.controller.space, MAX_DRAWS_PER_CELL)
 
     def propose(self, n: int, accept: Accept = None) -> tuple[list[Genotype], Any, int]:
         self.controller.train()
-        sample = self.controller.sample(n, self.generator)
+        sample = self.controller.sample(n, self.generator, self.constraint)
         if accept is None:
             return sample.genotypes, sample, 0
         # Rejection sampling: the update then only sees accepted cells (the policy conditioned on
@@ -155,7 +157,7 @@ class ENASStrategy(Strategy):
                 got += len(keep)
             if got == n:
                 return [g for p in parts for g in p.genotypes], Sample.cat(parts), rejected
-            sample = self.controller.sample(n - got, self.generator)
+            sample = self.controller.sample(n - got, self.generator, self.constraint)
         raise SearchSpaceExhausted(self.controller.space, MAX_DRAWS_PER_CELL * n)
 
     def update(self, handle: Any, index: Sequence[int], rewards: Sequence[float]) -> StepStats:
@@ -204,11 +206,12 @@ STRATEGIES = ("enas", "random")
 
 
 def make_strategy(
-    name: str, space: Any, controller_cfg: ControllerConfig, cfg: ReinforceConfig, generator: torch.Generator
+    name: str, space: Any, controller_cfg: ControllerConfig, cfg: ReinforceConfig, generator: torch.Generator,
+    constraint: Optional[Constraint] = None,
 ) -> Strategy:
     """Builds the named strategy; an unknown name lists the valid ones."""
     if name == "enas":
-        return ENASStrategy(Controller(space, controller_cfg), cfg, generator)
+        return ENASStrategy(Controller(space, controller_cfg), cfg, generator, constraint)
     if name == "random":
         return RandomStrategy(space, generator)
     raise ConfigError(f"invalid config value search.strategy={name!r}: valid values are {', '.join(STRATEGIES)}")

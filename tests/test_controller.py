@@ -103,3 +103,21 @@ def test_top_k_keeps_exactly_the_best() -> None:
     assert top_k_indices(scores, 3) == [1, 3, 5]
     assert top_k_indices(scores, 6) == [0, 1, 2, 3, 4, 5]
     assert len(top_k_indices(scores, 1)) == 1
+
+
+def test_constrained_decoding_samples_only_valid_cells_with_the_masked_policy() -> None:
+    space = make_space("lstm", 8)
+    controller = Controller(space, ControllerConfig(hidden_size=16))
+
+    def constraint(prefix):
+        return space.allowed(prefix, True)
+
+    sample = controller.sample(200, torch.Generator().manual_seed(0), constraint)
+    bad = sum(g.is_degenerate() for g in sample.genotypes)
+    assert bad <= 30  # only node prefixes with no valid output pair (about 4 %) can still come out degenerate
+    free = controller.sample(200, torch.Generator().manual_seed(0))
+    assert sum(g.is_degenerate() for g in free.genotypes) > 60  # about 47 % without the mask
+    # The log-probability is the masked policy's: scoring the samples again under the mask gives the same.
+    lp, _ = controller.log_prob(sample.genotypes[:20], constraint)
+    torch.testing.assert_close(lp, sample.log_prob[:20])
+    assert torch.isfinite(sample.entropy).all()

@@ -34,11 +34,8 @@ def test_smoke_search_writes_every_output(tiny_corpus: Path, tmp_path: Path, spa
     assert len(lines) == metrics["children_evaluated"]
     # Every proposal of the 10 steps (epochs x controller steps x 1 child) was either evaluated or,
     # being degenerate, penalised without evaluation (random search redraws instead).
-    if strategy == "enas":
-        assert metrics["proposals"] == 10
-        assert metrics["children_evaluated"] + metrics["degenerate_proposals"] == 10
-    else:
-        assert metrics["children_evaluated"] == 10
+    # (mask and random: every step evaluates its child; degenerate draws were redrawn and counted)
+    assert metrics["children_evaluated"] == metrics["proposals"] - metrics["degenerate_proposals"] == 10
     assert all(not Genotype.from_dict(l["genotype"]).is_degenerate() for l in lines)
     assert not best.is_degenerate() and not any(t["degenerate"] for t in top)
     for key in ("step", "hash", "genotype", "ppl", "reward", "baseline", "entropy"):
@@ -46,6 +43,12 @@ def test_smoke_search_writes_every_output(tiny_corpus: Path, tmp_path: Path, spa
     assert metrics["controller_steps"] == 10 and metrics["shared_steps"] == 20
     assert math.isfinite(metrics["best_ppl"])
     assert list((out / "tb").rglob("events.out.tfevents.*"))
+
+
+def test_penalty_mode_penalises_without_evaluating(tiny_corpus: Path, tmp_path: Path) -> None:
+    metrics = run_search(search_cfg(tiny_corpus, "search.degenerate=penalty"), tmp_path / "p")
+    assert metrics["proposals"] == 10 and metrics["degenerate_proposals"] > 0
+    assert metrics["children_evaluated"] + metrics["degenerate_proposals"] == 10
 
 
 def test_resume_gives_the_same_search(tiny_corpus: Path, tmp_path: Path) -> None:

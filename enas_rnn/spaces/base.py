@@ -236,6 +236,11 @@ class SearchSpace:
         """Inverse of ``decode``: ``decode(encode(g)) == g`` (see subclasses for padding)."""
         raise NotImplementedError
 
+    def allowed(self, prefix: Sequence[int], require_memory: bool = True) -> Optional[list[bool]]:
+        """Constrained decoding: which choices of decision ``len(prefix)`` can still complete a cell that is
+        not degenerate; None when all can (the default: a space whose cells are never degenerate)."""
+        return None
+
     def sample(self, rng: Rng = None, accept: Optional[Callable[[Genotype], bool]] = None,
                max_tries: int = 10_000) -> Genotype:
         """A genotype drawn uniformly over each decision (``random.Random``, ``torch.Generator`` or seed).

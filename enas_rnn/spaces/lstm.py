@@ -418,34 +418,11 @@ class LSTMSpace(SearchSpace):
         them against numeric probes on thousands of random cells.
         """
         h_ref, c_ref = g.outputs["h"], g.outputs["c"]
-        live = g.live_nodes()
-
-        def flags(c_zero: bool) -> dict[str, tuple[bool, bool, bool]]:
-            val = {"c": (c_zero, False, not c_zero)}
-            for i in live:
-                node = g.nodes[i - 1]
-                ops = []
-                for o in node.inputs:
-                    if o.source == "xh":
-                        ops.append((False, True, False))
-                        continue
-                    z, dx, dc = val[o.source]
-                    # act(0) is 0 for identity/tanh/relu and a constant 1/2 for sigmoid.
-                    ops.append((o.act in ZERO_PRESERVING, False, False) if z else (False, dx, dc))
-                (za, xa, ca), (zb, xb, cb) = ops
-                if node.op == "add":
-                    val[node_ref(i)] = (za and zb, xa or xb, ca or cb)
-                else:
-                    z = za or zb
-                    val[node_ref(i)] = (z, not z and (xa or xb), not z and (ca or cb))
-            return val
-
-        c_zero = flags(True)[c_ref][0]  # c_1 computed from c_0 = 0 is 0: then c stays 0 forever
-        val = flags(c_zero)
+        zero_c, live_c = _flags(g.nodes, True), _flags(g.nodes, False)
+        c_zero, depends, has_memory = _verdict(zero_c, live_c, h_ref, c_ref)
+        val = zero_c if c_zero else live_c
         memory_input = val[c_ref][1]  # c_t depends on an xh map: c carries the input's history
-        z_h, x_h, c_h = val[h_ref]
-        depends = x_h or (c_h and memory_input)
-        has_memory = memory_input and c_h
+        z_h, _, c_h = val[h_ref]
         out_reason = mem_reason = ""
         if not depends:
             if z_h:
@@ -604,6 +581,28 @@ class LSTMSpace(SearchSpace):
         h, c = node_ref(next(it) + 1), node_ref(next(it) + 1)
         return Genotype("lstm", tuple(nodes), {"h": h, "c": c})
 
+    def allowed(self, prefix: Sequence[int], require_memory: bool = True) -> Optional[list[bool]]:
+        """Constrained decoding: the choices of decision ``len(prefix)`` that can still give a cell that is
+        not degenerate (only the two output decisions are restricted; the nodes are decided by then).
+        None when every choice is allowed, or when no choice is (the caller then redraws the cell)."""
+        D = len(self._decisions)
+        if len(prefix) < D - 2:
+            return None
+        nodes = self.decode(list(prefix[: D - 2]) + [0, 0]).nodes
+        zero_c, live_c = _flags(nodes, True), _flags(nodes, False)
+        refs = [node_ref(j) for j in range(1, self.num_nodes + 1)]
+
+        def ok(h: str, c: str) -> bool:
+            _, depends, memory = _verdict(zero_c, live_c, h, c)
+            return depends and (memory or not require_memory)
+
+        if len(prefix) == D - 2:
+            mask = [any(ok(h, c) for c in refs) for h in refs]
+        else:
+            h = refs[prefix[D - 2]]
+            mask = [ok(h, c) for c in refs]
+        return mask if any(mask) and not all(mask) else None
+
     def pad(self, genotype: Genotype) -> Genotype:
         """Append dead nodes so ``genotype`` has exactly ``num_nodes`` nodes (same cell)."""
         self._check_genotype(genotype)
@@ -626,6 +625,42 @@ class LSTMSpace(SearchSpace):
             out.append(OPS.index(node.op))
         out += [int(g.outputs["h"][1:]) - 1, int(g.outputs["c"][1:]) - 1]
         return out
+
+
+Flags = dict[str, tuple[bool, bool, bool]]
+
+
+def _flags(nodes: Sequence[LSTMNode], c_zero: bool) -> Flags:
+    """(always zero, depends on an xh map, depends on c_{t-1}) of every node, given whether c_{t-1} is
+    always zero (see LSTMSpace.analyse). Nodes only read earlier nodes, so one pass in index order."""
+    val = {"c": (c_zero, False, not c_zero)}
+    for i, node in enumerate(nodes, 1):
+        ops = []
+        for o in node.inputs:
+            if o.source == "xh":
+                ops.append((False, True, False))
+                continue
+            z, dx, dc = val[o.source]
+            # act(0) is 0 for identity/tanh/relu and a constant 1/2 for sigmoid.
+            ops.append((o.act in ZERO_PRESERVING, False, False) if z else (False, dx, dc))
+        (za, xa, ca), (zb, xb, cb) = ops
+        if node.op == "add":
+            val[node_ref(i)] = (za and zb, xa or xb, ca or cb)
+        else:
+            z = za or zb
+            val[node_ref(i)] = (z, not z and (xa or xb), not z and (ca or cb))
+    return val
+
+
+def _verdict(zero_c: Flags, live_c: Flags, h: str, c: str) -> tuple[bool, bool, bool]:
+    """(c_{t-1} always zero, h_t depends on the input, working memory) for outputs h and c.
+
+    c_1 computed from c_0 = 0 is zero iff c stays zero forever; otherwise the flags with c nonzero hold."""
+    c_zero = zero_c[c][0]
+    val = zero_c if c_zero else live_c
+    memory_input = val[c][1]
+    _, x_h, c_h = val[h]
+    return c_zero, x_h or (c_h and memory_input), memory_input and c_h
 
 
 def _renumber(g: Genotype, order: Sequence[int]) -> Genotype:
