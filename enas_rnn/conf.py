@@ -21,6 +21,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from enas_rnn.compress import CompressConfig
 from enas_rnn.controller import ControllerConfig
 from enas_rnn.corpus import DataConfig
 from enas_rnn.errors import ConfigError
@@ -283,6 +284,26 @@ class SweepAppConfig:
     experiment: Optional[str] = None
 
 
+@dataclass
+class CompressAppConfig:
+    """`enas-compress`: prune / share / prune+share a trained model, retrain each variant, table, plot, export."""
+
+    run: str = MISSING  # an enas-train run folder (nn.LSTM or a cell): its checkpoints/best.pt is compressed
+    compress: CompressConfig = field(default_factory=CompressConfig)
+    # Retraining of every variant through the one LM loop (train.max_steps is the budget).
+    retrain: TrainConfig = field(default_factory=lambda: TrainConfig(
+        lr=5.0, epochs=1000, max_steps=200, lr_decay=1.0, eval_every=100, checkpoint_every=None, progress=False))
+    batch_size: Optional[int] = None  # retraining batch size; None: the run's data.batch_size
+    control: bool = True  # also retrain the uncompressed model for the same budget
+    export: str = "best"  # best | none | a variant name (e.g. prune50, share16, prune80_share16)
+    export_tolerance: float = 0.05  # best: the smallest variant whose valid ppl is within this share of the original's
+    export_whole_model: bool = True  # the compressed embedding and decoder too (an LM class), not only the cores
+    plot: bool = True
+    seed: int = 0
+    device: str = "auto"
+    experiment: Optional[str] = None
+
+
 def register_configs() -> None:
     """Registers the schemas; YAML files in conf/ name them in their defaults lists."""
     cs = ConfigStore.instance()
@@ -293,6 +314,7 @@ def register_configs() -> None:
     cs.store(name="mrs_schema", node=MRSAppConfig)
     cs.store(name="pipeline_schema", node=PipelineAppConfig)
     cs.store(name="sweep_schema", node=SweepAppConfig)
+    cs.store(name="compress_schema", node=CompressAppConfig)
 
 
 __all__ = [

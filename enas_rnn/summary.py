@@ -84,12 +84,17 @@ def find_jobs(root: str | Path) -> list[Path]:
 
 
 def _value(text: str) -> Any:
-    """An override's value as YAML reads it (5 -> int, 1e-3 -> float, true -> bool, else the string)."""
+    """An override's value as YAML reads it (5 -> int, 0.1 -> float, true -> bool, else the string)."""
     try:
         v = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
-    return v if isinstance(v, (int, float, bool, str)) or v is None else text
+    if isinstance(v, str):
+        try:
+            return float(v)  # 1e-3: a float to Hydra, a string to YAML 1.1
+        except ValueError:
+            return v
+    return v if isinstance(v, (int, float, bool)) or v is None else text
 
 
 def read_overrides(job: str | Path) -> dict[str, Any]:
@@ -109,16 +114,19 @@ def _scalar(v: Any) -> bool:
 def _configured(job: Path, key: str) -> Any:
     """The value a job ran with for ``key`` when it did not override it: a config group's choice
     (``.hydra/hydra.yaml``) or a config value (``.hydra/config.yaml``); None when unknown."""
+    files = job / ".hydra"
     try:
-        hydra_cfg = OmegaConf.load(job / ".hydra" / "hydra.yaml")
-        choices = OmegaConf.select(hydra_cfg, "hydra.runtime.choices", default=None)
-        if choices is not None and key in choices:
-            return choices[key]
-        v = OmegaConf.select(OmegaConf.load(job / ".hydra" / "config.yaml"), key, default=None,
-                             throw_on_resolution_failure=False)
+        if (files / "hydra.yaml").is_file():
+            choices = OmegaConf.select(OmegaConf.load(files / "hydra.yaml"), "hydra.runtime.choices", default=None)
+            if choices is not None and key in choices:
+                return choices[key]
+        if (files / "config.yaml").is_file():
+            v = OmegaConf.select(OmegaConf.load(files / "config.yaml"), key, default=None,
+                                 throw_on_resolution_failure=False)
+            return v if _scalar(v) else None
     except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException):
-        return None
-    return v if _scalar(v) else None
+        pass
+    return None
 
 
 def collect(root: str | Path) -> list[dict[str, Any]]:

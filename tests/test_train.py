@@ -42,7 +42,7 @@ class _Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("core", ["lstm", "cell"])
+@pytest.mark.parametrize("core", ["lstm", "cell", "gru"])
 def test_resume_matches_uninterrupted_run(tiny_corpus: Path, tmp_path: Path, core: str) -> None:
     # Dropouts and random BPTT lengths make every RNG matter for exactness.
     extra = [f"model={core}", "model.dropout_in=0.2", "model.dropout_out=0.2", "model.dropout_emb=0.1",
