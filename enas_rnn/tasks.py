@@ -23,7 +23,8 @@ Training (:func:`fit_task`) is a small sibling of the LM loop in ``enas_rnn.trai
 mini-batches for a budget of steps, each update through :func:`enas_rnn.train.guarded_step`
 (clipping, non-finite skip) with the same divergence rule; validation every ``eval_every`` steps,
 the best-validation weights kept, optional early stop after ``patience`` validations without
-improvement.
+improvement or once the validation metric reaches ``stop_at`` (a solved task stops; a plateau,
+common before recall tasks are learnt, does not).
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class TaskTrainConfig:
     weight_decay: float = 0.0
     eval_every: int = 100  # steps between validations (and at the end)
     patience: Optional[int] = None  # stop after this many validations without improvement; None: never
+    stop_at: Optional[float] = None  # stop once the valid metric reaches it (accuracy >= it, MAE <= it); None: never
     max_nonfinite: int = 20  # skipped non-finite steps tolerated before the run stops
     eval_batch_size: int = 1000
 
@@ -112,6 +114,8 @@ def validate_task(task: Any, train: Any) -> None:
     for key in ("batch_size", "max_steps", "eval_every", "eval_batch_size"):
         if train[key] < 1:
             raise ConfigError(f"invalid config value train.{key}={train[key]!r}: valid values are integers >= 1")
+    if train.stop_at is not None and not train.stop_at >= 0:
+        raise ConfigError(f"invalid config value train.stop_at={train.stop_at!r}: valid values are numbers >= 0 or null")
     if train.patience is not None and train.patience < 1:
         raise ConfigError(f"invalid config value train.patience={train.patience!r}: valid values are integers >= 1 "
                           "or null")
@@ -310,7 +314,9 @@ def fit_task(model: TaskModel, data: TaskData, cfg: Any, seed: int = 0) -> TaskR
                 best, res.best_step = (v_metric, v_loss), res.steps
                 best_state = copy.deepcopy(model.state_dict())
             since_best = 0 if improved else since_best + 1
-            if cfg.patience is not None and since_best >= cfg.patience:
+            reached = cfg.stop_at is not None and (v_metric >= cfg.stop_at if model.kind == TaskKind.nth
+                                                   else v_metric <= cfg.stop_at)
+            if reached or (cfg.patience is not None and since_best >= cfg.patience):
                 res.stopped_early = True
                 break
     model.load_state_dict(best_state)

@@ -115,3 +115,13 @@ def test_schema_rejects_unknown_task() -> None:
     with pytest.raises(ConfigCompositionException) as exc:
         _cfg("task.name=copy")
     assert "nth" in str(exc.value.__cause__) and "sine" in str(exc.value.__cause__)
+
+
+def test_stop_at_ends_a_solved_run() -> None:
+    cfg = _cfg("model.hidden_size=16", "task.train_size=1000", "train.max_steps=800", "train.eval_every=25",
+               "train.stop_at=0.9")
+    torch.manual_seed(0)
+    data = make_task(cfg.task)
+    res = fit_task(build_task_model(data, None, cfg.model), data, cfg.train, seed=0)
+    assert res.stopped_early and res.steps < 800 and res.history[-1]["valid_acc"] >= 0.9
+    assert all(h["valid_acc"] < 0.9 for h in res.history[:-1])
