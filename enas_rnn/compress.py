@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Iterable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -39,7 +39,7 @@ from torch.nn.utils import parametrize
 from enas_rnn.errors import ConfigError
 
 __all__ = ["CompressConfig", "validate_compress", "Applied", "Variant", "plan_variants", "compressible", "magnitude_mask", "kmeans_1d",
-           "Pruned", "Shared", "apply_variant", "materialize", "matrix_bits", "stored_bits", "sparsity", "cluster_counts",
+           "Pruned", "Shared", "ScaledSGD", "codebooks", "retrain_optimizer", "apply_variant", "materialize", "matrix_bits", "stored_bits", "sparsity", "cluster_counts",
            "SCOPES"]
 
 SCOPES = ("all", "cores")
@@ -55,6 +55,9 @@ class CompressConfig:
     combined_clusters: list[int] = field(default_factory=lambda: [16])
     scope: str = "all"  # all: embedding, decoder and cores; cores: the recurrent weights only
     index_bits: int = 5  # relative-index width of the sparse format (Han et al. 2016: 5 for fc layers)
+    # The centroids' step is lr x codebook_lr_scale: a centroid's gradient sums those of its ~10^4-10^5
+    # weights, so the weights' lr (and a global-norm clip that the sums dominate) would throw it far off.
+    codebook_lr_scale: float = 1e-2
     kmeans_iters: int = 50
 
 
@@ -70,6 +73,9 @@ def validate_compress(cfg: CompressConfig) -> None:
                 raise ConfigError(f"invalid config value compress.{key} entry {v!r}: valid values are integers >= 2")
     if cfg.scope not in SCOPES:
         raise ConfigError(f"invalid config value compress.scope={cfg.scope!r}: valid values are {', '.join(SCOPES)}")
+    if not float(cfg.codebook_lr_scale) > 0:
+        raise ConfigError(f"invalid config value compress.codebook_lr_scale={cfg.codebook_lr_scale!r}: valid values "
+                          "are floats > 0")
     if not 1 <= int(cfg.index_bits) <= 32:
         raise ConfigError(f"invalid config value compress.index_bits={cfg.index_bits!r}: valid values are 1 .. 32")
 
@@ -194,11 +200,29 @@ class Pruned(nn.Module):
         return w * self.mask
 
 
+class _CodebookGather(torch.autograd.Function):
+    """weight = centroids[assign] * mask; backward sums each cluster's (masked) weight gradients into
+    its centroid with one index_add (autograd's own backward of indexing sorts the 2M indices of an
+    embedding every step: ~30x slower on a CPU)."""
+
+    @staticmethod
+    def forward(ctx: Any, centroids: Tensor, assign: Tensor, mask: Tensor) -> Tensor:
+        ctx.save_for_backward(assign, mask)
+        ctx.k = centroids.numel()
+        return centroids[assign] * mask
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Optional[Tensor], None, None]:
+        assign, mask = ctx.saved_tensors
+        g = grad.new_zeros(ctx.k).index_add_(0, assign.flatten(), (grad * mask).flatten())
+        return g, None, None
+
+
 class Shared(nn.Module):
     """Parametrisation centroids [k] -> weight: each weight is its cluster's centroid (zero where pruned).
 
-    Its ``original`` is the codebook, so autograd sums each cluster's weight gradients into its
-    centroid, which the optimiser then updates (Han et al. 2016, Fig. 3).
+    Its ``original`` is the codebook, so each centroid's gradient is the sum of its weights'
+    gradients, and the optimiser updates the centroids (Han et al. 2016, Fig. 3).
     """
 
     def __init__(self, assign: Tensor, mask: Tensor, k: int) -> None:
@@ -208,7 +232,7 @@ class Shared(nn.Module):
         self.register_buffer("mask", mask)
 
     def forward(self, centroids: Tensor) -> Tensor:
-        return centroids[self.assign] * self.mask
+        return _CodebookGather.apply(centroids, self.assign, self.mask)
 
     def right_inverse(self, w: Tensor) -> Tensor:
         """The codebook: the mean of each cluster's surviving weights."""
@@ -254,6 +278,46 @@ def apply_variant(model: nn.Module, variant: Variant, scope: str = "all", kmeans
             parametrize.register_parametrization(mod, attr, Pruned(mask))
         done[name] = Applied(n, int(mask.sum().item()), k)
     return done
+
+
+def codebooks(model: nn.Module) -> list[Tensor]:
+    """The centroid parameters of every shared matrix (the originals of the Shared parametrisations)."""
+    out = []
+    for mod in model.modules():
+        if parametrize.is_parametrized(mod):
+            for plist in mod.parametrizations.values():
+                if any(isinstance(p, Shared) for p in plist):
+                    out.append(plist.original)
+    return out
+
+
+class ScaledSGD(torch.optim.SGD):
+    """SGD whose parameter groups may carry an ``lr_scale``: the LM loop sets one lr for every group
+    each step (``enas_rnn.train``), and a group then steps with lr x lr_scale (the codebooks)."""
+
+    def __init__(self, params: Iterable[Any], lr: float, weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr=lr, weight_decay=weight_decay)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        saved = [g["lr"] for g in self.param_groups]
+        for g in self.param_groups:
+            g["lr"] = g["lr"] * g.get("lr_scale", 1.0)
+        try:
+            return super().step(closure)
+        finally:
+            for g, lr in zip(self.param_groups, saved):
+                g["lr"] = lr
+
+
+def retrain_optimizer(model: nn.Module, lr: float, weight_decay: float, codebook_lr_scale: float) -> ScaledSGD:
+    """SGD over the model's parameters, the codebooks in their own group at ``lr x codebook_lr_scale``."""
+    books = {id(p) for p in codebooks(model)}
+    rest = [p for p in model.parameters() if id(p) not in books]
+    groups: list[dict[str, Any]] = [{"params": rest}]
+    if books:
+        groups.append({"params": [p for p in model.parameters() if id(p) in books], "lr_scale": codebook_lr_scale})
+    return ScaledSGD(groups, lr=lr, weight_decay=weight_decay)
 
 
 def materialize(model: nn.Module) -> nn.Module:

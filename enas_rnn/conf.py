@@ -292,7 +292,7 @@ class CompressAppConfig:
     compress: CompressConfig = field(default_factory=CompressConfig)
     # Retraining of every variant through the one LM loop (train.max_steps is the budget).
     retrain: TrainConfig = field(default_factory=lambda: TrainConfig(
-        lr=5.0, epochs=1000, max_steps=200, lr_decay=1.0, eval_every=100, checkpoint_every=None, progress=False))
+        lr=20.0, epochs=1000, max_steps=200, lr_decay=1.0, eval_every=100, checkpoint_every=None, progress=False))
     batch_size: Optional[int] = None  # retraining batch size; None: the run's data.batch_size
     control: bool = True  # also retrain the uncompressed model for the same budget
     export: str = "best"  # best | none | a variant name (e.g. prune50, share16, prune80_share16)

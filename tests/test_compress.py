@@ -21,12 +21,14 @@ from enas_rnn.compress import (
     Variant,
     apply_variant,
     cluster_counts,
+    codebooks,
     compressible,
     kmeans_1d,
     magnitude_mask,
     materialize,
     matrix_bits,
     plan_variants,
+    retrain_optimizer,
     sparsity,
 )
 from enas_rnn.errors import ConfigError
@@ -197,3 +199,21 @@ def test_gru_run_compresses_but_is_not_exported(runs: dict[str, Path], tmp_path:
     report = run_compress(compose_app("compress", args), tmp_path / "c")
     assert report["setup"]["model"] == "nn.GRU" and "export" not in report
     assert report["variants"][0]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_codebooks_step_at_a_scaled_lr() -> None:
+    cfg = compose_app("train", ["experiment=smoke", "model=lstm"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 30)
+    apply_variant(model, Variant(0.0, 4), scope="cores")
+    opt = retrain_optimizer(model, lr=1.0, weight_decay=0.0, codebook_lr_scale=1e-2)
+    books = {id(p) for p in codebooks(model)}
+    assert len(books) == 2  # weight_ih and weight_hh of the one nn.LSTM layer
+    before = {id(p): p.detach().clone() for p in model.parameters()}
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    for p in model.parameters():
+        step = 1e-2 if id(p) in books else 1.0
+        torch.testing.assert_close(p.detach(), before[id(p)] - step)
+    assert [g["lr"] for g in opt.param_groups] == [1.0, 1.0]  # the loop's lr is left as it set it
