@@ -306,7 +306,7 @@ def plot_heatmaps(grids: Sequence[Grid], x: str, y: str, metric: str, panel: Opt
                 if math.isfinite(v):
                     frac = (v - vmin) / (vmax - vmin)
                     dark = frac < 0.5 if cmap == "viridis" else frac > 0.5
-                    ax.text(j, i, _fmt(v), ha="center", va="center", fontsize=7, color="white" if dark else "black")
+                    ax.text(j, i, _fmt(v, metric), ha="center", va="center", fontsize=7, color="white" if dark else "black")
     if image is not None:
         fig.colorbar(image, ax=fig.axes, label=metric, shrink=0.9)
     if title:
@@ -319,10 +319,9 @@ def plot_heatmaps(grids: Sequence[Grid], x: str, y: str, metric: str, panel: Opt
     return path
 
 
-def _fmt(v: float) -> str:
-    if 0 <= v <= 1:
-        return f"{v:.2f}"
-    return f"{v:.3g}"
+def _fmt(v: float, metric: str) -> str:
+    """Accuracies with two decimals, anything else with three significant digits (an MAE of 0.004)."""
+    return f"{v:.2f}" if "acc" in metric else f"{v:.3g}"
 
 
 def grids_markdown(grids: Sequence[Grid], x: str, y: str, metric: str, panel: Optional[str]) -> str:
@@ -335,7 +334,7 @@ def grids_markdown(grids: Sequence[Grid], x: str, y: str, metric: str, panel: Op
             row = {f"{y} \\ {x}": str(yv)}
             for j, xv in enumerate(g.xs):
                 v = g.mean[i, j]
-                row[str(xv)] = _fmt(v) + (f" (n={g.count[i, j]})" if g.count[i, j] > 1 else "") if math.isfinite(v) else ""
+                row[str(xv)] = _fmt(v, metric) + (f" (n={g.count[i, j]})" if g.count[i, j] > 1 else "") if math.isfinite(v) else ""
             rows.append(row)
         parts.append(head + f"{metric}, mean over jobs per cell:\n\n" + to_markdown(rows, list(rows[0])).rstrip())
     return "\n\n".join(parts)

@@ -33,6 +33,7 @@ from enas_rnn.compress import (
 )
 from enas_rnn.errors import ConfigError
 from enas_rnn.export import ExportError, load_module
+from enas_rnn.genotype import get_named
 from enas_rnn.model import build_model
 
 TINY = ["experiment=smoke", "train.max_steps=40", "device=cpu", "model.emb_size=16", "model.hidden_size=16"]
@@ -85,8 +86,6 @@ def test_stored_bits_formula() -> None:
 def test_structure_survives_retraining(core: str) -> None:
     cfg = compose_app("train", ["experiment=smoke", f"model={core}", "cell=enas_paper", "model.num_layers=2"])
     torch.manual_seed(0)
-    from enas_rnn.genotype import get_named
-
     model = build_model(cfg.model, 30, get_named("enas_paper") if core == "cell" else None)
     names = list(compressible(model))
     assert "embedding.weight" in names and "decoder.weight" in names and not any("bias" in n for n in names)

@@ -112,7 +112,7 @@ def run_variant(cfg: DictConfig, variant: Variant, model0: torch.nn.Module, spli
     if metrics_path.is_file():
         old = json.loads(metrics_path.read_text())
         if old.get("config") == identity:
-            return {**old, "status": "reused"}
+            return old if old.get("status") == "diverged" else {**old, "status": "reused"}
         raise ConfigError(f"{folder} holds a variant made with other settings; start in a new folder "
                           "(drop hydra.run.dir=) or restore the old settings")
     seed_everything(cfg.seed)
