@@ -22,6 +22,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from enas_rnn.compress import CompressConfig
 from enas_rnn.controller import ControllerConfig
 from enas_rnn.corpus import DataConfig
 from enas_rnn.errors import ConfigError
@@ -32,6 +33,8 @@ from enas_rnn.screen import SCREENED_REWARDS, ScreenConfig
 from enas_rnn.search import DEGENERATE_MODES, SearchConfig
 from enas_rnn.spaces import SPACES, SpaceConfig
 from enas_rnn.strategies import STRATEGIES
+from enas_rnn.summary import SummaryConfig
+from enas_rnn.tasks import TaskConfig, TaskTrainConfig
 from enas_rnn.train import TrainConfig
 
 
@@ -181,6 +184,9 @@ class CompareAppConfig:
     param_tolerance: float = 0.02  # |params_cell / params_lstm - 1| allowed for the matched sizing
     alpha: float = 0.05  # significance level of the Welch t-test in the verdict
     plot: bool = True  # learning_curves.png
+    # Baselines trained beside the cells: lstm (torch.nn.LSTM, the reference; required) and gru (torch.nn.GRU,
+    # same and parameter-matched sizes like a cell, Welch-tested against nn.LSTM).
+    baselines: list[str] = field(default_factory=lambda: ["lstm", "gru"])
     # A folder shared by several comparisons: nn.LSTM runs with identical settings are trained once
     # there and reused (e.g. by the pipelines of a study); None keeps them inside the comparison.
     baseline_cache: Optional[str] = None
@@ -289,6 +295,45 @@ class PipelineAppConfig:
     experiment: Optional[str] = None
 
 
+@dataclass
+class SweepAppConfig:
+    """`enas-sweep`: one synthetic-task training run (a job of a Hydra multirun) -> metrics.json.
+
+    ``model.core`` picks nn.LSTM / nn.GRU / a cell (``cell=``); the ``core`` config group sets both.
+    """
+
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(emb_size=16, hidden_size=16, num_layers=1,
+                                                                   tie_weights=False))
+    train: TaskTrainConfig = field(default_factory=TaskTrainConfig)
+    cell: str = "lstm"  # with model.core=cell: a named genotype or a path to genotype.json
+    seed: int = 0  # the model's initialisation and batch order (the data's is task.seed)
+    name: str = "default"  # the multirun folder: multirun/sweep/<name>; a rerun with the same name resumes
+    summary: SummaryConfig = field(default_factory=SummaryConfig)  # the heatmap drawn after a multirun
+    device: str = "cpu"  # tiny models: a CPU is faster than a GPU's launch overhead
+    experiment: Optional[str] = None
+
+
+@dataclass
+class CompressAppConfig:
+    """`enas-compress`: prune / share / prune+share a trained model, retrain each variant, table, plot, export."""
+
+    run: str = MISSING  # an enas-train run folder (nn.LSTM or a cell): its checkpoints/best.pt is compressed
+    compress: CompressConfig = field(default_factory=CompressConfig)
+    # Retraining of every variant through the one LM loop (train.max_steps is the budget).
+    retrain: TrainConfig = field(default_factory=lambda: TrainConfig(
+        lr=20.0, epochs=1000, max_steps=200, lr_decay=1.0, eval_every=100, checkpoint_every=None, progress=False))
+    batch_size: Optional[int] = None  # retraining batch size; None: the run's data.batch_size
+    control: bool = True  # also retrain the uncompressed model for the same budget
+    export: str = "best"  # best | none | a variant name (e.g. prune50, share16, prune80_share16)
+    export_tolerance: float = 0.05  # best: the smallest variant whose valid ppl is within this share of the original's
+    export_whole_model: bool = True  # the compressed embedding and decoder too (an LM class), not only the cores
+    plot: bool = True
+    seed: int = 0
+    device: str = "auto"
+    experiment: Optional[str] = None
+
+
 def register_configs() -> None:
     """Registers the schemas; YAML files in conf/ name them in their defaults lists."""
     cs = ConfigStore.instance()
@@ -298,6 +343,8 @@ def register_configs() -> None:
     cs.store(name="export_schema", node=ExportAppConfig)
     cs.store(name="mrs_schema", node=MRSAppConfig)
     cs.store(name="pipeline_schema", node=PipelineAppConfig)
+    cs.store(name="sweep_schema", node=SweepAppConfig)
+    cs.store(name="compress_schema", node=CompressAppConfig)
 
 
 __all__ = [

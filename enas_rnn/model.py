@@ -5,7 +5,8 @@ The recurrent core is pluggable. A core is any module with
     init_hidden(batch_size) -> hidden
     forward(x [T, B, E], hidden, **kwargs) -> (output [T, B, H], hidden)
 
-`LSTMCore` wraps torch.nn.LSTM (the vanilla baseline); `enas_rnn.cells.FixedCell` and
+`LSTMCore` wraps torch.nn.LSTM (the vanilla baseline), `GRUCore` torch.nn.GRU (a second
+baseline; its hidden state is one tensor, not a pair); `enas_rnn.cells.FixedCell` and
 `SharedCell` run genotypes. Extra keyword arguments of `RNNLM.forward` (e.g. ``genotype=`` for the
 shared supernet) are passed to every core untouched, so the model has no mode flags.
 """
@@ -30,6 +31,7 @@ class CoreKind(str, Enum):
 
     lstm = "lstm"  # torch.nn.LSTM, the vanilla baseline
     cell = "cell"  # a genotype executed by enas_rnn.cells.FixedCell
+    gru = "gru"  # torch.nn.GRU (Cho et al. 2014), a second baseline
 
 
 @dataclass
@@ -93,6 +95,24 @@ class LSTMCore(nn.Module):
         return self.lstm(x, hidden)
 
 
+class GRUCore(nn.Module):
+    """One layer of torch.nn.GRU behind the core interface (Cho et al. 2014; a baseline beside nn.LSTM).
+
+    Its hidden state is h [1, B, H] alone: a GRU has no cell state.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.gru = nn.GRU(input_size, hidden_size)
+
+    def init_hidden(self, batch_size: int) -> Tensor:
+        return self.gru.weight_hh_l0.new_zeros(1, batch_size, self.hidden_size)
+
+    def forward(self, x: Tensor, hidden: Tensor, **_: Any) -> tuple[Tensor, Tensor]:
+        return self.gru(x, hidden)
+
+
 class RNNLM(nn.Module):
     """Word-level language model around a stack of recurrent cores.
 
@@ -149,17 +169,28 @@ def detach_hidden(hidden: Hidden) -> Hidden:
     return type(hidden)(detach_hidden(h) for h in hidden)
 
 
+def build_cores(cfg: Any, input_size: int, genotype: Genotype | None = None,
+                space: SearchSpace | None = None) -> list[nn.Module]:
+    """The recurrent cores of ``cfg.num_layers`` layers of ``cfg.hidden_size`` units over inputs of
+    ``input_size``: nn.LSTM (``cfg.core=lstm``), nn.GRU (``gru``), ``FixedCell(genotype)`` (``cell``)
+    or, with ``space``, the search supernet's ``SharedCell``. Every model with a recurrent core gets
+    its cores here (the language model and the synthetic-task model of ``enas_rnn.tasks``)."""
+    sizes = [input_size] + [cfg.hidden_size] * cfg.num_layers
+    pairs = [(sizes[i], sizes[i + 1]) for i in range(cfg.num_layers)]
+    if space is not None:
+        return [build_cell(i, h, cell_config(cfg), space=space) for i, h in pairs]
+    kind = CoreKind(cfg.core)
+    if kind == CoreKind.lstm:
+        return [LSTMCore(i, h) for i, h in pairs]
+    if kind == CoreKind.gru:
+        return [GRUCore(i, h) for i, h in pairs]
+    if genotype is None:
+        raise ConfigError("model.core=cell needs a genotype: set cell=<name or genotype.json>")
+    return [build_cell(i, h, cell_config(cfg), genotype=genotype) for i, h in pairs]
+
+
 def build_model(cfg: Any, vocab_size: int, genotype: Genotype | None = None,
                 space: SearchSpace | None = None) -> RNNLM:
-    """The one factory of language models: nn.LSTM cores (``cfg.core=lstm``), ``FixedCell(genotype)``
-    cores (``cfg.core=cell``), or, with ``space``, the search supernet (one ``SharedCell``)."""
-    sizes = [cfg.emb_size] + [cfg.hidden_size] * cfg.num_layers
-    if space is not None:
-        cores = [build_cell(sizes[i], sizes[i + 1], cell_config(cfg), space=space) for i in range(cfg.num_layers)]
-    elif CoreKind(cfg.core) == CoreKind.lstm:
-        cores = [LSTMCore(sizes[i], sizes[i + 1]) for i in range(cfg.num_layers)]
-    else:
-        if genotype is None:
-            raise ConfigError("model.core=cell needs a genotype: set cell=<name or genotype.json>")
-        cores = [build_cell(sizes[i], sizes[i + 1], cell_config(cfg), genotype=genotype) for i in range(cfg.num_layers)]
-    return RNNLM(vocab_size, cores, cfg)
+    """The one factory of language models: nn.LSTM cores (``cfg.core=lstm``), nn.GRU cores (``gru``),
+    ``FixedCell(genotype)`` cores (``cell``), or, with ``space``, the search supernet (one ``SharedCell``)."""
+    return RNNLM(vocab_size, build_cores(cfg, cfg.emb_size, genotype, space), cfg)

@@ -95,6 +95,34 @@ def lm_loss(logits: Tensor, target: Tensor) -> Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1))  # [T*B, V] vs [T*B]
 
 
+def guarded_step(loss: Tensor, optimizer: torch.optim.Optimizer, params: list[Tensor], clip: float) -> tuple[float, bool]:
+    """One optimiser update from ``loss``: backward, clip the global gradient norm to ``clip``
+    (Pascanu et al. 2013), and step only when the loss and the norm are finite; otherwise the
+    gradients are dropped and the weights stay as they were. Returns (loss value, stepped).
+    Every training loop of the package (LM windows, synthetic-task batches) updates through it."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = nn.utils.clip_grad_norm_(params, clip)
+    # One host sync per step: we must know before stepping whether the update is finite.
+    loss_value = float(loss.detach())
+    ok = math.isfinite(loss_value) and bool(torch.isfinite(grad_norm))
+    if ok:
+        optimizer.step()
+    else:
+        optimizer.zero_grad(set_to_none=True)
+    return loss_value, ok
+
+
+def check_skipped(skipped: int, max_nonfinite: int) -> None:
+    """Raises TrainingDiverged once more than ``max_nonfinite`` steps were skipped as non-finite."""
+    if skipped > max_nonfinite:
+        raise TrainingDiverged(
+            f"{skipped} training steps had a non-finite loss or gradient "
+            f"(train.max_nonfinite={max_nonfinite}); the weights were never updated with them. "
+            "Lower train.lr, lower train.clip, or set model.state_clip for searched cells"
+        )
+
+
 def train_steps(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -130,17 +158,10 @@ def train_steps(
         kwargs = core_kwargs_fn() if core_kwargs_fn is not None else {}
         logits, hidden = model(inp, detach_hidden(state.hidden), **kwargs)
         loss = lm_loss(logits, target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(params, cfg.clip)
-        # One host sync per window: we must know before stepping whether the update is finite.
-        loss_value = float(loss.detach())
-        ok = math.isfinite(loss_value) and bool(torch.isfinite(grad_norm))
+        loss_value, ok = guarded_step(loss, optimizer, params, cfg.clip)
         if ok:
-            optimizer.step()
             state.hidden = hidden
         else:
-            optimizer.zero_grad(set_to_none=True)
             state.hidden = model.init_hidden(batch_size)
             state.skipped += 1
         n = inp.size(0)
@@ -151,12 +172,8 @@ def train_steps(
         done += 1
         if on_step is not None:
             on_step(state, StepResult(loss_value, n, ok))
-        if not ok and state.skipped > cfg.max_nonfinite:
-            raise TrainingDiverged(
-                f"{state.skipped} training steps had a non-finite loss or gradient "
-                f"(train.max_nonfinite={cfg.max_nonfinite}); the weights were never updated with them. "
-                "Lower train.lr, lower train.clip, or set model.state_clip for searched cells"
-            )
+        if not ok:
+            check_skipped(state.skipped, cfg.max_nonfinite)
     if state.pos >= source.size(0) - 1:
         state.pos = 0
         state.epoch += 1

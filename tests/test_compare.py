@@ -87,8 +87,9 @@ def test_smoke_comparison_table(tiny_corpus: Path, tmp_path: Path) -> None:
     saved = json.loads((out / "comparison.json").read_text())
     assert saved["cell"] == "enas_paper" and saved["config"]["seeds"] == [0, 1]
     names = [r["name"] for r in saved["runs"]]
-    assert names == [f"{m}_{s}_seed{k}" for m, s in [(BASELINE, "same"), ("enas_paper", "same"),
-                                                      ("enas_paper", "matched"), ("lstm", "same"), ("lstm", "matched")]
+    assert names == [f"{m}_{s}_seed{k}" for m, s in [(BASELINE, "same"), ("nn_gru", "same"), ("nn_gru", "matched"),
+                                                      ("enas_paper", "same"), ("enas_paper", "matched"),
+                                                      ("lstm", "same"), ("lstm", "matched")]
                      for k in (0, 1)]
     runs = {r["name"]: r for r in saved["runs"]}
     for r in saved["runs"]:
@@ -109,15 +110,21 @@ def test_smoke_comparison_table(tiny_corpus: Path, tmp_path: Path) -> None:
     assert runs["lstm_matched_seed1"]["status"] == "same run as lstm_same_seed1"
     # Aggregates are the mean and sd of the per-seed runs.
     summary = {(s["model"], s["sizing"]): s for s in saved["summary"]}
-    assert set(summary) == {(BASELINE, "same"), ("enas_paper", "same"), ("enas_paper", "matched"),
-                            ("lstm", "same"), ("lstm", "matched")}
+    assert set(summary) == {(BASELINE, "same"), ("nn_gru", "same"), ("nn_gru", "matched"), ("enas_paper", "same"),
+                            ("enas_paper", "matched"), ("lstm", "same"), ("lstm", "matched")}
+    # nn.GRU: the same hidden size (3 gates to nn.LSTM's 4: fewer parameters) and a wider parameter-matched one,
+    # each tested against nn.LSTM.
+    gru_same, gru_matched = runs["nn_gru_same_seed0"], runs["nn_gru_matched_seed0"]
+    assert gru_same["hidden_size"] == 32 and gru_same["num_params"] < base["num_params"]
+    assert gru_matched["hidden_size"] > 32 and abs(gru_matched["param_ratio"]) < 0.02
+    assert summary[("nn_gru", "same")]["verdict"] != "reference"
     s = summary[("enas_paper", "matched")]
     vals = [runs[f"enas_paper_matched_seed{k}"]["test_ppl"] for k in (0, 1)]
     assert s["test_ppl_mean"] == pytest.approx(statistics.fmean(vals))
     assert s["test_ppl_sd"] == pytest.approx(statistics.stdev(vals))
     assert s["delta_test_ppl"] == pytest.approx(s["test_ppl_mean"] - summary[(BASELINE, "same")]["test_ppl_mean"])
     md = (out / "comparison.md").read_text()
-    assert "# enas_paper vs nn.LSTM" in md and "| nn_lstm" in md and "reference" in md
+    assert "# enas_paper vs nn.LSTM" in md and "| nn_lstm" in md and "| nn_gru" in md and "reference" in md
     assert f"{s['test_ppl_mean']:.2f} ± {s['test_ppl_sd']:.2f}" in md
     assert "## Parameter matching" in md and "## Runs" in md
     assert (out / "learning_curves.png").stat().st_size > 1000

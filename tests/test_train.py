@@ -42,7 +42,7 @@ class _Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("core", ["lstm", "cell"])
+@pytest.mark.parametrize("core", ["lstm", "cell", "gru"])
 def test_resume_matches_uninterrupted_run(tiny_corpus: Path, tmp_path: Path, core: str) -> None:
     # Dropouts and random BPTT lengths make every RNG matter for exactness.
     extra = [f"model={core}", "model.dropout_in=0.2", "model.dropout_out=0.2", "model.dropout_emb=0.1",
@@ -141,10 +141,10 @@ def test_typo_and_bad_choice_fail_at_composition() -> None:
         compose_app("train", ["train.lrr=1"])
     assert "lrr" in str(exc.value) + str(exc.value.__cause__)
     with pytest.raises(ConfigCompositionException) as exc:
-        compose_app("train", ["model.core=gru"])
+        compose_app("train", ["model.core=rnn"])  # gru is a core now
     assert "lstm" in str(exc.value.__cause__) and "cell" in str(exc.value.__cause__)
     with pytest.raises(MissingConfigException, match="lstm"):
-        compose_app("train", ["model=gru"])
+        compose_app("train", ["model=rnn"])
 
 
 def test_corrupt_checkpoint_gives_clear_error(tiny_corpus: Path, tmp_path: Path) -> None:

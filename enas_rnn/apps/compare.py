@@ -1,4 +1,4 @@
-"""A fair comparison of retrained cells with the vanilla LSTM (torch.nn.LSTM).
+"""A fair comparison of retrained cells with the vanilla LSTM (torch.nn.LSTM), and nn.GRU beside it.
 
 Every run goes through :func:`enas_rnn.apps.train.train_lm`, the one training loop, with the same data,
 budget (epochs / max_steps), optimiser, dropouts and seeds; only the recurrent core and its hidden
@@ -11,6 +11,10 @@ size change. Each cell is trained in two sizings:
   embedding size stays as configured and only cores and decoder grow or shrink. Comparing at equal
   parameters is the fair test in the NAS literature (Melis et al. 2018, "On the State of the Art of
   Evaluation in Neural Language Models"), since a cell with more weights per unit wins by size alone.
+
+nn.LSTM is the reference. Further baselines (``baselines``, default ``[lstm, gru]``: torch.nn.GRU, Cho
+et al. 2014) are sized like a cell (``same`` and ``matched`` against nn.LSTM's parameter count) and
+their rows carry the same Welch test against nn.LSTM.
 
 The run folder::
 
@@ -52,7 +56,9 @@ from enas_rnn.stats import mean_sd, to_markdown, welch_p
 
 log = logging.getLogger(__name__)
 
-BASELINE = "nn_lstm"  # label of the torch.nn.LSTM runs (distinct from the `lstm` genotype)
+BASELINE = "nn_lstm"  # label of the torch.nn.LSTM runs (distinct from the `lstm` genotype); the reference
+# Every baseline kind `baselines=` may list, and its label; all are trained like a cell (nn.LSTM: same size only).
+BASELINES = {CoreKind.lstm.value: BASELINE, CoreKind.gru.value: "nn_gru"}
 RUN_CONFIG = "run_config.json"
 DIVERGED = "diverged.json"
 _MAX_HIDDEN = 1 << 16  # a bisection bound no real model reaches
@@ -205,7 +211,8 @@ def match_hidden_size(count: Callable[[int], int], target: int, start: int = 64)
 def plan_runs(
     cfg: DictConfig, cells: Sequence[CellEntry], cell_paths: dict[str, str], vocab_size: int
 ) -> tuple[list[RunSpec], list[Matching]]:
-    """Every run of the comparison: the baseline per seed, then each cell per sizing and seed."""
+    """Every run of the comparison: nn.LSTM per seed (the reference), then every other baseline
+    (``baselines``, e.g. nn.GRU) and each cell per sizing and seed."""
     hidden = int(cfg.model.hidden_size)
     sizings = [Sizing(s).value for s in cfg.sizings]
     runs: list[RunSpec] = []
@@ -214,28 +221,35 @@ def plan_runs(
         base = make_run_config(cfg, core=CoreKind.lstm, cell="lstm", seed=seed, hidden_size=hidden)
         runs.append(RunSpec(f"{BASELINE}_same_seed{seed}", BASELINE, "same", seed, base))
     target = count_lm_parameters(runs[0].cfg, vocab_size)
-    for cell in cells:
-        path = cell_paths[cell.label]
+    # (label, core, cell) of every model sized against nn.LSTM: the other baselines first, then the cells.
+    others = [(BASELINES[b], CoreKind(b), "lstm") for b in _baseline_kinds(cfg) if b != CoreKind.lstm.value]
+    others += [(cell.label, CoreKind.cell, cell_paths[cell.label]) for cell in cells]
+    for label, core, path in others:
         sized = {"same": hidden}
         if "matched" in sizings:
             counter = lambda h: count_lm_parameters(  # noqa: E731 - a one-line closure reads best here
-                make_run_config(cfg, core=CoreKind.cell, cell=path, seed=0, hidden_size=h), vocab_size)
+                make_run_config(cfg, core=core, cell=path, seed=0, hidden_size=h), vocab_size)
             h, tried = match_hidden_size(counter, target, start=hidden)
-            m = Matching(cell.label, target, h, tried[h], float(cfg.param_tolerance), tried)
+            m = Matching(label, target, h, tried[h], float(cfg.param_tolerance), tried)
             if not m.within_tolerance:
                 log.warning("%s: the closest parameter match (hidden %d, %+.1f%%) misses the %.1f%% tolerance; "
-                            "the model is too small for a finer match", cell.label, h, 100 * m.ratio,
+                            "the model is too small for a finer match", label, h, 100 * m.ratio,
                             100 * m.tolerance)
             matchings.append(m)
             sized["matched"] = h
         for sizing in sizings:
             for seed in cfg.seeds:
-                rc = make_run_config(cfg, core=CoreKind.cell, cell=path, seed=seed, hidden_size=sized[sizing])
+                rc = make_run_config(cfg, core=core, cell=path, seed=seed, hidden_size=sized[sizing])
                 alias = None
                 if sizing == "matched" and "same" in sizings and sized["matched"] == hidden:
-                    alias = f"{cell.label}_same_seed{seed}"  # identical config: train once
-                runs.append(RunSpec(f"{cell.label}_{sizing}_seed{seed}", cell.label, sizing, seed, rc, alias))
+                    alias = f"{label}_same_seed{seed}"  # identical config: train once
+                runs.append(RunSpec(f"{label}_{sizing}_seed{seed}", label, sizing, seed, rc, alias))
     return runs, matchings
+
+
+def _baseline_kinds(cfg: DictConfig) -> list[str]:
+    """The configured baselines as core names (lstm, gru); a config without the key means nn.LSTM alone."""
+    return [str(getattr(b, "value", b)) for b in cfg.get("baselines", [CoreKind.lstm.value])]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -412,7 +426,8 @@ def plot_learning_curves(runs: Sequence[dict[str, Any]], path: Path) -> Optional
         colours.setdefault(key, palette[len(colours) % len(palette)])
         xs, ys = zip(*pts)
         ax.plot(xs, ys, color=colours[key], marker="o", markersize=3, linewidth=1.2, alpha=0.85,
-                linestyle="-" if r["model"] == BASELINE else ("--" if r["sizing"] == "same" else ":"),
+                linestyle="-" if r["model"] == BASELINE else "-." if r["model"] in BASELINES.values()
+                else ("--" if r["sizing"] == "same" else ":"),
                 label=f"{r['model']} ({r['sizing']}, h={r['hidden_size']})" if first else None)
         drawn = True
     if not drawn:
@@ -452,6 +467,10 @@ def validate_compare(cfg: DictConfig) -> None:
         raise ConfigError(f"invalid config value param_tolerance={cfg.param_tolerance}: valid values are in (0, 1)")
     if not 0 < cfg.alpha < 1:
         raise ConfigError(f"invalid config value alpha={cfg.alpha}: valid values are in (0, 1)")
+    kinds = _baseline_kinds(cfg)
+    if CoreKind.lstm.value not in kinds or any(b not in BASELINES for b in kinds) or len(set(kinds)) != len(kinds):
+        raise ConfigError(f"invalid config value baselines={kinds}: valid values are distinct entries of "
+                          f"{', '.join(BASELINES)}, including lstm (nn.LSTM is the reference)")
     validate_common(cfg)
 
 
@@ -476,7 +495,7 @@ def run_compare(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             metrics, status, folder = results[spec.alias_of], "same run as " + spec.alias_of, run_dir / "runs" / spec.alias_of
             log.info("[%d/%d] %s: the matched hidden size equals the configured one; %s is reused",
                      k, len(plan), spec.name, spec.alias_of)
-        elif spec.model == BASELINE and cfg.get("baseline_cache"):
+        elif spec.model in BASELINES.values() and cfg.get("baseline_cache"):
             # Identical baseline runs are shared across comparisons: the folder is named after the
             # run's config, and a second process waits for the first to finish training it.
             folder = Path(cfg.baseline_cache).expanduser().resolve() / f"{spec.name}-{config_digest(_identity(spec.cfg))}"
@@ -537,6 +556,7 @@ def _setup(cfg: DictConfig) -> dict[str, Any]:
 
 __all__ = [
     "BASELINE",
+    "BASELINES",
     "CellEntry",
     "RunSpec",
     "Matching",

@@ -76,6 +76,9 @@ def load_trained(checkpoint: str | Path, cell: Optional[str] = None) -> Trained:
         raise ExportError(f"{path} holds no language-model weights (state_dicts.model); is it a search checkpoint?")
     vocab_size = int(sd["embedding.weight"].shape[0])
     given = load_genotype(cell) if cell else None
+    if cfg.model.core == CoreKind.gru:
+        raise ExportError(f"{path} holds a torch.nn.GRU (model.core=gru): no search space expresses a GRU, so it "
+                          "cannot be exported as a cell; export an nn.LSTM or cell run")
     if cfg.model.core == CoreKind.lstm:
         return _from_baseline(cfg, sd, vocab_size, given, str(path), provenance(get_named("lstm"), cfg, payload, path))
     if payload.get("genotype") is None and given is None:

@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 
 def build_lm(cfg: Any, vocab_size: int) -> tuple[RNNLM, Optional[Genotype]]:
     """The language model an app config describes (``model`` and, for cells, ``cell``), and its genotype."""
-    if CoreKind(cfg.model.core) == CoreKind.lstm:
+    if CoreKind(cfg.model.core) != CoreKind.cell:  # nn.LSTM / nn.GRU: no genotype
         return build_model(cfg.model, vocab_size), None
     genotype = load_genotype(cfg.cell)
     return build_model(cfg.model, vocab_size, genotype), genotype
