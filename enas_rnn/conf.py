@@ -259,6 +259,8 @@ class PipelineCompareConfig:
     param_tolerance: float = 0.02
     alpha: float = 0.05
     baseline_cache: Optional[str] = None  # share nn.LSTM runs across pipelines (see CompareAppConfig)
+    # The verdict's reference is nn.LSTM; add gru to train nn.GRU beside it (4 more runs with 2 seeds).
+    baselines: list[str] = field(default_factory=lambda: ["lstm"])
 
 
 @dataclass

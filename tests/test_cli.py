@@ -13,7 +13,7 @@ from conftest import REPO
 
 from enas_rnn import __version__
 
-APPS = ("train", "search", "compare", "export", "mrs", "pipeline")
+APPS = ("train", "search", "compare", "export", "mrs", "pipeline", "sweep", "compress")
 
 
 def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:

@@ -114,7 +114,7 @@ def test_a_search_whose_children_all_diverge_writes_no_best(tiny_corpus: Path, t
     ("space.name=foo", "space.name='foo': valid values are one of enas, lstm"),
     ("train.lr=inf", "train.lr=inf: valid values are a finite number > 0"),
     ("screen.mrs.quantile=1.5", "screen.mrs.quantile=1.5"),
-    ("search.degenerate=maybe", "one of penalty, resample, off"),
+    ("search.degenerate=maybe", "one of mask, penalty, resample, off"),
 ])
 def test_every_value_is_checked_before_any_work(override: str, fragment: str) -> None:
     cfg = compose_app("search", ["experiment=smoke", override])

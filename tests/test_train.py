@@ -153,8 +153,12 @@ def test_corrupt_checkpoint_gives_clear_error(tiny_corpus: Path, tmp_path: Path)
     ckpt.write_bytes(b"not a checkpoint at all")
     with pytest.raises(CheckpointError, match="corrupt"):
         train_lm(tiny_cfg(tiny_corpus, f"resume={tmp_path / 'run'}"), tmp_path / "x")
-    with pytest.raises(CheckpointError, match="no checkpoint"):
+    with pytest.raises(ConfigError, match="no such folder"):  # a mistyped resume= creates nothing
         train_lm(tiny_cfg(tiny_corpus, f"resume={tmp_path / 'nothing'}"), tmp_path / "y")
+    assert not (tmp_path / "nothing").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        train_lm(tiny_cfg(tiny_corpus, f"resume={tmp_path / 'empty'}"), tmp_path / "z")
 
 
 def _cli(args: list[str], tmp_path: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:

@@ -92,7 +92,8 @@ def compare_config(cfg: DictConfig, cell: Path) -> DictConfig:
     return OmegaConf.merge(OmegaConf.structured(CompareAppConfig), {
         "data": cfg.data, "model": cfg.model, "train": cfg.train, "cell": str(cell), "seeds": list(c.seeds),
         "sizings": list(c.sizings), "param_tolerance": c.param_tolerance, "alpha": c.alpha, "plot": True,
-        "baseline_cache": c.baseline_cache, "device": cfg.device, "experiment": cfg.get("experiment"),
+        "baseline_cache": c.baseline_cache, "baselines": list(c.baselines), "device": cfg.device,
+        "experiment": cfg.get("experiment"),
     })
 
 

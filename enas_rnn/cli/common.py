@@ -34,6 +34,9 @@ APPS: tuple[tuple[str, str, str], ...] = (
     ("enas-compare", "enas_rnn.cli.compare", "retrain cells and nn.LSTM under one budget: same size and parameter-matched"),
     ("enas-export", "enas_rnn.cli.export", "a trained cell as a standalone PyTorch module + safetensors"),
     ("enas-mrs", "enas_rnn.cli.mrs", "do training-free scores (MRS, hidden covariance) predict trained perplexity?"),
+    ("enas-sweep", "enas_rnn.cli.sweep", "synthetic tasks (nth-element recall, sine) for any core, swept with Hydra multirun"),
+    ("enas-summary", "enas_rnn.cli.summary", "one table and heatmaps for the multirun folder of any app"),
+    ("enas-compress", "enas_rnn.cli.compress", "pruning and k-means weight sharing of a trained run, retrained and exported"),
 )
 
 

@@ -14,12 +14,14 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from enas_rnn import __version__
 from enas_rnn.cli.common import friendly_errors
 from enas_rnn.summary import SummaryConfig, summarize_multirun
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="enas-summary", description=__doc__.split("\n\n")[0])
+    p.add_argument("--version", action="version", version=f"enas_rnn {__version__}")
     p.add_argument("folder", help="a Hydra multirun folder (its job folders hold .hydra/overrides.yaml)")
     p.add_argument("--x", help="override key for the heatmap's columns (default: the first swept key)")
     p.add_argument("--y", help="override key for the heatmap's rows (default: the next swept key)")

@@ -18,8 +18,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from enas_rnn.apps.sweep import run_sweep_job
-from enas_rnn.cli.common import CONF_DIR, friendly_errors, run_dir
-from enas_rnn.conf import register_configs
+from enas_rnn.cli.common import CONF_DIR, friendly_errors, log, run_dir, start
+from enas_rnn.conf import SweepAppConfig, register_configs
 from enas_rnn.summary import sanitize_dirname
 
 register_configs()
@@ -28,12 +28,21 @@ OmegaConf.register_new_resolver("enas_dirname", sanitize_dirname, replace=True)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sweep")
-def main(cfg: DictConfig) -> None:
+def _app(cfg: DictConfig) -> None:
     with friendly_errors():
-        metrics = run_sweep_job(cfg, run_dir())
+        out = run_dir()
+        metrics = run_sweep_job(cfg, out)
         keys = ("status", "core", "task", "seq_len", "hidden_size", "train_size", f"test_{metrics['metric']}",
                 "num_params", "steps", "wall_s")
-        print(json.dumps({k: metrics.get(k) for k in keys}))
+        log.info("done (%s): test %s %s; wrote %s", metrics.get("status"), metrics["metric"],
+                 metrics.get(f"test_{metrics['metric']}"), out / "metrics.json")
+        print(json.dumps({**{k: metrics.get(k) for k in keys}, "run_dir": str(out)}))
+
+
+def main() -> None:
+    """Console entry point: checks that need no Hydra, then the Hydra app."""
+    start(SweepAppConfig)
+    _app()
 
 
 if __name__ == "__main__":
