@@ -35,6 +35,7 @@ __all__ = [
     "to_markdown",
     "mean_sd",
     "welch_p",
+    "fmt_num",
 ]
 
 _NAN_PAIR: tuple[float, float] = (math.nan, math.nan)
@@ -200,3 +201,12 @@ def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
     if statistics.pstdev(xs) == 0 and statistics.pstdev(ys) == 0:
         return math.nan
     return float(_st.ttest_ind(xs, ys, equal_var=False).pvalue)
+
+
+def fmt_num(v: Any, fmt: str, missing: str = "") -> str:
+    """A table cell: ``format(v, fmt)``; ``missing`` for None or NaN, "diverged" for an infinite value."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return missing
+    if isinstance(v, float) and math.isinf(v):
+        return "diverged"
+    return format(v, fmt)

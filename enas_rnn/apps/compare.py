@@ -52,7 +52,7 @@ from enas_rnn.errors import ConfigError, TrainingDiverged
 from enas_rnn.genotype import Genotype, load_genotype
 from enas_rnn.model import CoreKind, count_parameters
 from enas_rnn.runs import config_digest, folder_lock, strict, vocab_size_of
-from enas_rnn.stats import mean_sd, to_markdown, welch_p
+from enas_rnn.stats import fmt_num, mean_sd, to_markdown, welch_p
 
 log = logging.getLogger(__name__)
 
@@ -350,14 +350,6 @@ def _pm(mean: float, sd: float, fmt: str = ".2f") -> str:
     return format(mean, fmt) if math.isnan(sd) else f"{format(mean, fmt)} ± {format(sd, fmt)}"
 
 
-def _num(v: Optional[float], fmt: str) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return ""
-    if isinstance(v, float) and math.isinf(v):
-        return "diverged"
-    return format(v, fmt)
-
-
 def render_markdown(report: dict[str, Any]) -> str:
     """comparison.md: setup, the aggregated table, matching notes, every run."""
     setup = report["setup"]
@@ -378,11 +370,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     summary_rows = [
         {"model": s["model"], "sizing": s["sizing"], "n": len(s["seeds"]), "hidden": s["hidden_size"],
-         "params": s["num_params"], "params vs LSTM": _num(100 * s["param_ratio"], "+.2f") + "%"
+         "params": s["num_params"], "params vs LSTM": fmt_num(100 * s["param_ratio"], "+.2f") + "%"
          if s["param_ratio"] is not None else "",
          "valid ppl": _pm(s["valid_ppl_mean"], s["valid_ppl_sd"]), "test ppl": _pm(s["test_ppl_mean"], s["test_ppl_sd"]),
-         "Δ test ppl": "" if s["model"] == BASELINE else _num(s["delta_test_ppl"], "+.2f"),
-         "p": _num(s["p_value"], ".3g"),
+         "Δ test ppl": "" if s["model"] == BASELINE else fmt_num(s["delta_test_ppl"], "+.2f"),
+         "p": fmt_num(s["p_value"], ".3g"),
          "tokens/s": _pm(s["tokens_per_s_mean"], s["tokens_per_s_sd"], ".0f"),
          "wall s": _pm(s["wall_s_mean"], s["wall_s_sd"], ".1f"), "verdict": s["verdict"]}
         for s in report["summary"]
@@ -397,9 +389,9 @@ def render_markdown(report: dict[str, Any]) -> str:
                          f"{100 * m['tolerance']:.0f}% tolerance)")
     run_rows = [
         {"run": r["name"], "model": r["model"], "sizing": r["sizing"], "seed": r["seed"], "hidden": r["hidden_size"],
-         "emb": r["emb_size"], "params": r["num_params"], "valid ppl": _num(r["valid_ppl"], ".2f"),
-         "test ppl": _num(r["test_ppl"], ".2f"), "tokens/s": _num(r["tokens_per_s"], ".0f"),
-         "wall s": _num(r["wall_s"], ".1f"), "steps": r["steps"], "status": r["status"]}
+         "emb": r["emb_size"], "params": r["num_params"], "valid ppl": fmt_num(r["valid_ppl"], ".2f"),
+         "test ppl": fmt_num(r["test_ppl"], ".2f"), "tokens/s": fmt_num(r["tokens_per_s"], ".0f"),
+         "wall s": fmt_num(r["wall_s"], ".1f"), "steps": r["steps"], "status": r["status"]}
         for r in report["runs"]
     ]
     lines += ["", "## Runs", "", to_markdown(run_rows, list(run_rows[0])).rstrip(), "",

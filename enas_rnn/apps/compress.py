@@ -58,7 +58,7 @@ from enas_rnn.export import export_trained
 from enas_rnn.genotype import Genotype
 from enas_rnn.model import CoreKind, count_parameters
 from enas_rnn.runs import load_splits, resolve_device, strict
-from enas_rnn.stats import to_markdown
+from enas_rnn.stats import fmt_num, to_markdown
 from enas_rnn.train import LoopState, evaluate, fit, perplexity
 
 log = logging.getLogger(__name__)
@@ -204,14 +204,6 @@ def _exported_stats(path: Path) -> dict[str, Any]:
 # ====================================================================================================================
 
 
-def _num(v: Any, fmt: str) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return ""
-    if isinstance(v, float) and math.isinf(v):
-        return "diverged"
-    return format(v, fmt)
-
-
 def render_markdown(report: dict[str, Any]) -> str:
     """compression.md: setup, the size formula, one row per variant."""
     o, s = report["original"], report["setup"]
@@ -231,19 +223,19 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     control = next((r for r in report["variants"] if r["method"] == "none" and r.get("test_ppl") is not None), None)
     rows = [{"variant": "original", "method": "-", "sparsity": "0.0%", "clusters": "", "stored bytes": f"{o['stored_bytes']:,}",
-             "ratio": "1.0x", "valid ppl before": "", "valid ppl": _num(o["valid_ppl"], ".2f"),
-             "test ppl": _num(o["test_ppl"], ".2f"), "Δ test ppl": "", "Δ vs retrained": "", "status": "trained run"}]
+             "ratio": "1.0x", "valid ppl before": "", "valid ppl": fmt_num(o["valid_ppl"], ".2f"),
+             "test ppl": fmt_num(o["test_ppl"], ".2f"), "Δ test ppl": "", "Δ vs retrained": "", "status": "trained run"}]
     for r in report["variants"]:
         rows.append({
             "variant": r["variant"], "method": r["method"],
-            "sparsity": _num(100 * r["sparsity"], ".1f") + "%" if r.get("sparsity") is not None else "",
+            "sparsity": fmt_num(100 * r["sparsity"], ".1f") + "%" if r.get("sparsity") is not None else "",
             "clusters": "" if r["clusters"] is None else str(r["clusters"]),
             "stored bytes": f"{r['stored_bytes']:,}" if r.get("stored_bytes") else "",
             "ratio": f"{o['stored_bytes'] / r['stored_bytes']:.1f}x" if r.get("stored_bytes") else "",
-            "valid ppl before": _num(r.get("valid_ppl_before"), ".2f"), "valid ppl": _num(r.get("valid_ppl"), ".2f"),
-            "test ppl": _num(r.get("test_ppl"), ".2f"),
-            "Δ test ppl": _num((r.get("test_ppl") or math.nan) - o["test_ppl"], "+.2f"),
-            "Δ vs retrained": _num((r.get("test_ppl") or math.nan) - control["test_ppl"], "+.2f") if control else "",
+            "valid ppl before": fmt_num(r.get("valid_ppl_before"), ".2f"), "valid ppl": fmt_num(r.get("valid_ppl"), ".2f"),
+            "test ppl": fmt_num(r.get("test_ppl"), ".2f"),
+            "Δ test ppl": fmt_num((r.get("test_ppl") or math.nan) - o["test_ppl"], "+.2f"),
+            "Δ vs retrained": fmt_num((r.get("test_ppl") or math.nan) - control["test_ppl"], "+.2f") if control else "",
             "status": r["status"]})
     lines += [to_markdown(rows, list(rows[0])).rstrip(), ""]
     lines.append("`valid ppl before`: right after compressing, before retraining. `retrained`: the uncompressed "

@@ -49,7 +49,7 @@ from enas_rnn.genotype import Genotype
 from enas_rnn.model import CoreKind
 from enas_rnn.runs import check_resume_overrides, folder_lock, strict, write_json
 from enas_rnn.search import describe
-from enas_rnn.stats import to_markdown
+from enas_rnn.stats import fmt_num, to_markdown
 from enas_rnn.viz import draw_genotype
 
 log = logging.getLogger(__name__)
@@ -237,17 +237,15 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path, overrides: Sequence[str] 
 
 
 # --------------------------------------------------------------------------------------------- summary
-def _num(v: Any, fmt: str) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "–" if v is None else ("diverged" if math.isinf(v) else "")
-    return format(v, fmt)
+def _fmt(v: Any, fmt: str) -> str:
+    return fmt_num(v, fmt, "–")
 
 
 def _shortlist_markdown(result: dict[str, Any]) -> str:
-    rows = [{"rank": r["rank"], "cell": r["hash"], "shared-weight ppl": _num(r["shared_ppl"], ".1f"),
-             f"retrained valid ppl ({result['budget_steps']} steps)": _num(r["valid_ppl"], ".2f"),
+    rows = [{"rank": r["rank"], "cell": r["hash"], "shared-weight ppl": _fmt(r["shared_ppl"], ".1f"),
+             f"retrained valid ppl ({result['budget_steps']} steps)": _fmt(r["valid_ppl"], ".2f"),
              "memory": {True: "yes", False: "no", None: "n/a"}[r["has_memory"]],
-             "distance to " + (r["reference"] or "reference"): _num(r["reference_distance"], "d")
+             "distance to " + (r["reference"] or "reference"): _fmt(r["reference_distance"], "d")
              + ("" if r["distance_exact"] in (True, None) else " (≤)"),
              "chosen": "**winner**" if r["chosen"] else ""} for r in result["rows"]]
     return to_markdown(rows, list(rows[0]))
@@ -284,7 +282,7 @@ def write_summary(cfg: DictConfig, run: Path, search: dict, select: dict, compar
         "",
         f"Winner `{winner.hash()}`: output depends on the input: {'yes' if info['depends_on_input'] else 'NO'}; "
         f"working memory: {({True: 'yes', False: 'NO', None: 'n/a (no cell state in this space)'})[info['has_memory']]}; "
-        f"edit distance to {info['reference']}: {_num(info['reference_distance'], 'd')}"
+        f"edit distance to {info['reference']}: {_fmt(info['reference_distance'], 'd')}"
         + ("" if info["distance_exact"] in (True, None) else " (upper bound)") + ".",
         "",
         "![winner](winner.png)",
@@ -299,7 +297,7 @@ def write_summary(cfg: DictConfig, run: Path, search: dict, select: dict, compar
         f"{search['children_evaluated']} children evaluated on shared weights, {search['diverged_children']} diverged",
         f"- degenerate cells ({search.get('degenerate_handling')}): {search.get('degenerate_proposals')} of "
         f"{search.get('proposals')} proposals ({100 * (search.get('degenerate_share') or 0):.1f} %; last epoch "
-        f"{_num(None if search.get('degenerate_share_last_epoch') is None else 100 * search['degenerate_share_last_epoch'], '.1f')} %), "
+        f"{_fmt(None if search.get('degenerate_share_last_epoch') is None else 100 * search['degenerate_share_last_epoch'], '.1f')} %), "
         f"{search.get('shared_degenerate_redrawn')} redrawn in the shared phase",
         f"- best derived cell on shared weights: `{search['best_hash']}`, ppl {search['best_ppl']:.1f}",
         "",
