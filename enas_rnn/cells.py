@@ -227,6 +227,16 @@ class SharedCell(_GenotypeCell):
     def rows(self, keys: Sequence[tuple[int, int]]) -> list[int]:
         return [self.kind.shared_row(k) for k in keys]
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # A checkpoint written before banks were held as rows has one dense tensor per bank:
+        # split it into the row keys (``w_edge`` [H, 2, P, H] -> ``w_edge.0`` .. ``w_edge.{P-1}``).
+        for name, dim in self.row_dims.items():
+            dense = state_dict.pop(prefix + name, None) if dim is not None else None
+            if dense is not None:
+                for r, row in enumerate(dense.unbind(dim)):
+                    state_dict[f"{prefix}{name}.{r}"] = row
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     def _rows_cached(self, keys: Sequence[tuple[int, int]], device: torch.device) -> Any:
         # Row banks are gathered by Python index (a stack of the rows): a list, never a tensor.
         got = self._index.get((id(keys), device))

@@ -166,7 +166,7 @@ def _loop_forward(plan: ENASPlan, xp: Tensor, h: Tensor, mask: Optional[Tensor],
     Per step and group: one GEMM into the group's scratch [B, 2kH] = [B, 2, k, H] (gate | candidate
     of its k children; reused every step, so it stays in cache), an in-place sigmoid on the gates,
     an in-place activation per run, one lerp that writes the k children into their slots of the
-    state tensor S_t [B, N, H]. With ``keep`` (for backward) S [T, B, N, H] is kept for every step,
+    state tensor S_t [N, B, H]. With ``keep`` (for backward) S [T, N, B, H] is kept for every step,
     and so are the coefficients Q [T, B, 3, k, H] the backward needs, computed here while g, f and
     s_p are still in cache (see :class:`_ENASLoop`); nothing else is kept. Every per-step view is
     cut before the loop (``unbind``), so a step runs kernels, not view bookkeeping.
@@ -176,7 +176,7 @@ def _loop_forward(plan: ENASPlan, xp: Tensor, h: Tensor, mask: Optional[Tensor],
     N = 1 + len(plan.keys)
     steps = T if keep else 1
     dt, dev = xp.dtype, xp.device
-    S = POOL.empty((steps, B, N, H), dt, dev)
+    S = POOL.empty((steps, N, B, H), dt, dev)  # node-major: a parent's state is a contiguous [B, H]
     out = xp.new_empty(T, B, H)
     one = xp.new_ones(())
 
@@ -186,7 +186,7 @@ def _loop_forward(plan: ENASPlan, xp: Tensor, h: Tensor, mask: Optional[Tensor],
 
     G1 = xp.new_empty(B, 2 * H)  # n1's scratch: gate | candidate
     Q1 = POOL.empty((T, B, 3 * H), dt, dev) if keep else None
-    node1 = (G1, G1[:, :H], G1[:, H:], per_step(S[:, :, 0]))
+    node1 = (G1, G1[:, :H], G1[:, H:], per_step(S[:, 0]))
     q1 = [Q1[:, :, j * H:(j + 1) * H].unbind(0) for j in range(3)] if Q1 is not None else None
     groups, Qs = [], []
     for grp, w in zip(plan.groups, ws):
@@ -195,11 +195,13 @@ def _loop_forward(plan: ENASPlan, xp: Tensor, h: Tensor, mask: Optional[Tensor],
         Q = POOL.empty((T, B, 3 * k * H), dt, dev) if keep else None
         Qs.append(Q)
         if k == 1:  # [B, H] views: one child needs no broadcast
-            gate, cand, s_pb, kids, cdim = G[:, :H], G[:, H:], S[:, :, ps], S[:, :, a], 1
+            gate, cand, s_pb, kids, cdim = G[:, :H], G[:, H:], S[:, ps], S[:, a], 1
             qv = None if Q is None else Q.view(T, B, 3, H)
         else:
             Gv = G.view(B, 2, k, H)  # [B, 2kH] -> [B, 2, k, H]
-            gate, cand, s_pb, kids, cdim = Gv[:, 0], Gv[:, 1], S[:, :, ps:ps + 1], S[:, :, a:a + k], 1
+            # [steps, k, B, H] -> [steps, B, k, H] views, to match the children's [B, k, H] in G
+            gate, cand, cdim = Gv[:, 0], Gv[:, 1], 1
+            s_pb, kids = S[:, ps:ps + 1].transpose(1, 2), S[:, a:a + k].transpose(1, 2)
             qv = None if Q is None else Q.view(T, B, 3, k, H)
         acts = [(op, c) for (op, _), c in zip(grp.runs, _runs(cand, grp.runs, cdim)) if op is not None]
         coef = None
@@ -208,7 +210,7 @@ def _loop_forward(plan: ENASPlan, xp: Tensor, h: Tensor, mask: Optional[Tensor],
                     zip(grp.runs, _runs(gate, grp.runs, cdim), _runs(cand, grp.runs, cdim),
                         _runs(qv[:, :, 1], grp.runs, cdim + 1))]
             coef = (runs, qv[:, :, 0].unbind(0), qv[:, :, 2].unbind(0))
-        groups.append((w, G, gate, cand, per_step(S[:, :, ps]), per_step(s_pb), per_step(kids), acts, coef))
+        groups.append((w, G, gate, cand, per_step(S[:, ps]), per_step(s_pb), per_step(kids), acts, coef))
     loose = plan.loose_slots
     loose_idx = None if len(loose) == 1 else torch.tensor(loose, device=dev)
     inv_loose = 1.0 / len(loose)
@@ -227,7 +229,7 @@ def _loop_forward(plan: ENASPlan, xp: Tensor, h: Tensor, mask: Optional[Tensor],
         if q1 is not None:
             _coefficients_step(act1, gate1, cand1, h, q1[0][t], q1[1][t], q1[2][t], one)
         for w, G, gate, cand, s_p, s_pb, kids, acts, coef in groups:
-            torch.mm(s_p[t], w, out=G)  # [B, H] x [H, 2kH]; s_p rows are N*H apart: fine for BLAS
+            torch.mm(s_p[t], w, out=G)  # [B, H] x [H, 2kH]
             gate.sigmoid_()
             for op, c in acts:
                 op.inplace(c)  # type: ignore[misc]
@@ -242,9 +244,9 @@ def _loop_forward(plan: ENASPlan, xp: Tensor, h: Tensor, mask: Optional[Tensor],
                 torch.sub(one, gate, out=q_start[t])  # 1 - g
         # h_t = mean of the loose ends (Pham et al. 2018, Sec. 2.1).
         if loose_idx is None:
-            outs[t].copy_(s_all[t][:, loose[0]])
+            outs[t].copy_(s_all[t][loose[0]])
         else:
-            torch.sum(s_all[t].index_select(1, loose_idx), 1, out=outs[t]).mul_(inv_loose)
+            torch.sum(s_all[t].index_select(0, loose_idx), 0, out=outs[t]).mul_(inv_loose)
         h = outs[t]
     return out, S, Q1, Qs
 
@@ -303,7 +305,7 @@ class _ENASLoop(torch.autograd.Function):
         n_g = len(plan.groups)
         h0, mask, w1, *rest = ctx.saved_tensors
         ws, (out, S, Q1), Qs = rest[:n_g], rest[n_g:n_g + 3], rest[n_g + 3:]
-        T, B, N, H = S.shape
+        T, N, B, H = S.shape
         d_outs = d_out.to(out.dtype).unbind(0)
         # Per step and group, Q [B, 3, k, H] holds (from forward) the coefficients of (dL/dc | dL/dh~
         # | dL/ds_p through the lerp's start), so ONE product Q * ds gives all three; Q's first 2kH
@@ -311,15 +313,15 @@ class _ENASLoop(torch.autograd.Function):
         dxp = Q1[:, :, :2 * H]  # [T, B, 2H] (rows 3H apart): dL/d(n1's pre-activation) = dL/dxp
         dPs = [Q[:, :, :2 * k * H] for Q, k in zip(Qs, plan.sizes)]  # [T, B, 2kH] each
         # The reverse loop: per step and group one product, a sum over the children, one GEMM.
-        dS = S.new_empty(B, N, H)  # one step's dL/ds; every slot is written before it is read
+        dS = S.new_empty(N, B, H)  # one step's dL/ds; every slot is written before it is read
         groups = []
         for grp, w, Q, dP in zip(plan.groups, ws, Qs, dPs):
             k, a = len(grp.children), grp.first
             if k == 1:  # [B, H] views: one child needs no sum
-                ds, Qv = dS[:, a], Q.view(T, B, 3, H)
+                ds, Qv = dS[a], Q.view(T, B, 3, H)
             else:
-                ds, Qv = dS[:, a:a + k], Q.view(T, B, 3, k, H)
-            groups.append((_transposed(w), k, ds.unsqueeze(1), dS[:, grp.parent_slot], Qv.unbind(0),
+                ds, Qv = dS[a:a + k].transpose(0, 1), Q.view(T, B, 3, k, H)  # [k, B, H] -> [B, k, H]
+            groups.append((_transposed(w), k, ds.unsqueeze(1), dS[grp.parent_slot], Qv.unbind(0),
                            Qv[:, :, 2].unbind(0), dP.unbind(0)))
         groups.reverse()  # children before parents
         w1t = _transposed(w1)
@@ -327,14 +329,14 @@ class _ENASLoop(torch.autograd.Function):
         loose = plan.loose_slots
         loose_idx = torch.tensor(loose, device=S.device)
         inv_loose = 1.0 / len(loose)
-        ds1_b = dS[:, 0].unsqueeze(1)
+        ds1_b = dS[0].unsqueeze(1)
         d_h = torch.zeros_like(h0)  # dL/dh_t from step t+1
         for t in range(T - 1, -1, -1):
             d_h.add_(d_outs[t])
             if len(loose) == 1:
-                dS[:, loose[0]].copy_(d_h)
+                dS[loose[0]].copy_(d_h)
             else:
-                dS.index_copy_(1, loose_idx, d_h.mul_(inv_loose).unsqueeze(1).expand(B, len(loose), H))
+                dS.index_copy_(0, loose_idx, d_h.mul_(inv_loose).expand(len(loose), B, H))
             for wt, k, ds_b, d_p, Qv, direct, dP in groups:
                 Qv[t].mul_(ds_b)  # [B, 3, (k,) H] * [B, 1, (k,) H]: (dc | dh~ | ds_p via the lerp's start)
                 # d_p = sum_k ds (1 - g) + [dc | dh~] @ W^T: [B, 2kH] x [2kH, H], written once.
@@ -360,7 +362,7 @@ class _ENASLoop(torch.autograd.Function):
             if not need[5 + j]:
                 dws.append(None)
                 continue
-            s_p = S[:, :, grp.parent_slot].reshape(T * B, H)  # a strided view, no copy
+            s_p = S[:, grp.parent_slot].reshape(T * B, H)  # [T, B, H] -> [T*B, H] (a copy: S is node-major)
             dws.append(s_p.t().mm(dP.reshape(T * B, -1)).to(ws_dt[j]))  # reshape: a view (rows 3kH apart)
         return (None, dxp if need[1] else None, d_h.to(h0_dt) if need[2] else None, None, dw1, *dws)
 
