@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional
 
 import torch
@@ -95,6 +95,14 @@ class ENASPlan:
     # Slots of the fused loop's per-step state tensor [B, N, H]: slot 0 = n1, then the children
     # in ``keys`` order, so each group writes its k children as ONE contiguous [B, k, H] block.
     loose_slots: tuple[int, ...] = ()
+    _device_cache: dict = field(default_factory=dict, repr=False)  # loose_slots as an index tensor per device
+
+    def loose_index(self, device: torch.device) -> Tensor:
+        """``loose_slots`` as a long tensor on ``device``, made once (no host-to-device copy per call)."""
+        idx = self._device_cache.get(device)
+        if idx is None:
+            idx = self._device_cache[device] = torch.tensor(self.loose_slots, device=device)
+        return idx
 
 
 def compile_enas(g: Genotype, clip: Optional[float]) -> ENASPlan:
@@ -212,7 +220,7 @@ def _loop_forward(plan: ENASPlan, xp: Tensor, h: Tensor, mask: Optional[Tensor],
             coef = (runs, qv[:, :, 0].unbind(0), qv[:, :, 2].unbind(0))
         groups.append((w, G, gate, cand, per_step(S[:, ps]), per_step(s_pb), per_step(kids), acts, coef))
     loose = plan.loose_slots
-    loose_idx = None if len(loose) == 1 else torch.tensor(loose, device=dev)
+    loose_idx = None if len(loose) == 1 else plan.loose_index(dev)
     inv_loose = 1.0 / len(loose)
     s_all = per_step(S)
     xps, outs = xp.unbind(0), out.unbind(0)
@@ -327,7 +335,7 @@ class _ENASLoop(torch.autograd.Function):
         w1t = _transposed(w1)
         Q1v, direct1, dxps = Q1.view(T, B, 3, H).unbind(0), Q1[:, :, 2 * H:].unbind(0), dxp.unbind(0)
         loose = plan.loose_slots
-        loose_idx = torch.tensor(loose, device=S.device)
+        loose_idx = plan.loose_index(S.device)
         inv_loose = 1.0 / len(loose)
         ds1_b = dS[0].unsqueeze(1)
         d_h = torch.zeros_like(h0)  # dL/dh_t from step t+1
