@@ -11,15 +11,18 @@ Interface used by the language model (one core per layer)::
     cell(x [T,B,E], hidden, genotype=None) -> (out [T,B,H] = h_t for every t, (h_T, c_T))
 
 Weight banks are laid out by the space (``bank_layout``): a row is one (node, operand slot) for
-lstm, one edge (l, j) for enas; a shared cell holds every row of the space, a fixed cell only the
-rows its plan uses, in the plan's order (so its gather is a free view).
+lstm, one edge (l, j) for enas; a shared cell holds every row of the space, each row its own
+parameter, a fixed cell only the rows its plan uses, in the plan's order, as one tensor per bank
+(so its gather is a free view).
 
-Speed by design (ARCHITECTURE.md): the x_t part of every live xh map is one GEMM over the whole
-sequence; per step one GEMM covers the h_{t-1} part of all live slots; live slots are grouped by
-activation so each activation is one kernel; a shared cell gathers its live rows once per forward,
-not per step; only live nodes run; no host syncs in the loop. Backward, per step, does only the
-GEMM for dL/dh_{t-1}; the recurrent weights' gradients are one GEMM over all steps
-(``kernels.StepGEMM``), as fused cuDNN/oneDNN RNN kernels do.
+Speed by design (ARCHITECTURE.md): a shared step costs what its child costs - the child's rows are
+stacked once per forward and rows it did not use get no gradient, so no bank-sized gradient,
+zero-fill, weight decay or update ever happens; the x_t part of every live xh map is one GEMM over
+the whole sequence; per step one GEMM covers the h_{t-1} part of all live slots (lstm) or all
+children of a parent (enas); live slots are grouped by activation so each activation is one kernel;
+only live nodes run; no host syncs in the loop. Backward, per step, does only the GEMM for
+dL/dh_{t-1}; the recurrent weights' gradients are one GEMM over all steps (``kernels.StepGEMM``;
+the enas loop has its own backward, ``enas_rnn.spaces.enas``), as fused cuDNN/oneDNN RNN kernels do.
 
 Stability guard (``state_clip``, default 25): relu/mul chains make ENAS-style cells explode (a
 chain n_{k+1} = n_k * n_k overflows float32 in 8 nodes). Every operand whose activation is

@@ -1,5 +1,6 @@
-"""Low-level pieces every cell program is built from: activation kernels with the guard's clamp,
-the hoisted-GEMM autograd function, and weight-bank gathers.
+"""Low-level pieces every cell program is built from: activation kernels with the guard's clamp
+(and their backward kernels), the hoisted-GEMM autograd function, weight-bank gathers, and a pool
+of scratch buffers for fused loops.
 
 A search space compiles a genotype into a plan (``enas_rnn.spaces``) whose steps are named ops
 from :data:`OPS`; the cell executes a plan with :data:`OPS`' kernels and export prints it with

@@ -24,7 +24,8 @@ E, H, B = 6, 8, 3  # E != H catches transposed weights
 
 def branch_point_run_enas(plan: Any, weights: tuple[Any, ...], x: Tensor, hidden: tuple[Tensor, Tensor],
                           mask: Tensor | None, clip: float | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-    """``enas_rnn.spaces.enas.run_enas`` at the branch point (plain autograd, StepGEMM)."""
+    """``enas_rnn.spaces.enas.run_enas`` at the branch point (plain autograd, StepGEMM); only the
+    plan fields it read that the plan no longer holds are derived here (``kernels``, ``num_regs``)."""
     w_hw_x, w_hw_h, w_groups = weights
     T, B, E = x.shape
     h, c_dummy = hidden
@@ -33,7 +34,7 @@ def branch_point_run_enas(plan: Any, weights: tuple[Any, ...], x: Tensor, hidden
         h = F.hardtanh(h, -clip, clip)
     xp, w_rec, tape = hoist(x.reshape(T * B, E), w_hw_x, None, w_hw_h, T, B)
     bases = [hoist(None, None, None, w, T, B) for w in w_groups]
-    regs: list[Any] = [None] * plan.num_regs
+    regs: list[Any] = [None] * (len(plan.keys) + 2)
     act1 = None if plan.act1 is None else plan.act1.fn
     groups, loose = plan.groups, plan.loose
     inv_loose = 1.0 / len(loose)
@@ -45,6 +46,7 @@ def branch_point_run_enas(plan: Any, weights: tuple[Any, ...], x: Tensor, hidden
         g_pre, c_pre = torch.addmm(xp_t, h_in, w_rec).view(B, 2, H).unbind(1)
         regs[1] = torch.lerp(h.to(c_pre.dtype), c_pre if act1 is None else act1(c_pre), torch.sigmoid(g_pre))
         for grp, (base, w, g_tape) in zip(groups, bases):
+            kernels = tuple((None if op is None else op.fn, n) for op, n in grp.runs)
             s_p = regs[grp.parent]
             if g_tape is not None:
                 g_tape.append(s_p.detach())
@@ -52,7 +54,7 @@ def branch_point_run_enas(plan: Any, weights: tuple[Any, ...], x: Tensor, hidden
             out = torch.addmm(base[t], s_p, w)
             if k == 1:
                 g_pre, c_pre = out.view(B, 2, H).unbind(1)
-                fn = grp.kernels[0][0]
+                fn = kernels[0][0]
                 regs[grp.children[0]] = torch.lerp(
                     s_p.to(c_pre.dtype), c_pre if fn is None else fn(c_pre), torch.sigmoid(g_pre)
                 )
@@ -60,13 +62,13 @@ def branch_point_run_enas(plan: Any, weights: tuple[Any, ...], x: Tensor, hidden
             g_pre, c_pre = out.view(B, 2, k, H).unbind(1)
             gate = torch.sigmoid(g_pre)
             s_b = s_p.to(c_pre.dtype).unsqueeze(1)
-            if len(grp.kernels) == 1:
-                fn = grp.kernels[0][0]
+            if len(kernels) == 1:
+                fn = kernels[0][0]
                 parts = torch.lerp(s_b, c_pre if fn is None else fn(c_pre), gate).unbind(1)
             else:
-                sizes = [n for _, n in grp.kernels]
+                sizes = [n for _, n in kernels]
                 parts = []
-                for (fn, _), c_run, g_run in zip(grp.kernels, c_pre.split(sizes, 1), gate.split(sizes, 1)):
+                for (fn, _), c_run, g_run in zip(kernels, c_pre.split(sizes, 1), gate.split(sizes, 1)):
                     parts.extend(torch.lerp(s_b, c_run if fn is None else fn(c_run), g_run).unbind(1))
             for r, v in zip(grp.children, parts):
                 regs[r] = v

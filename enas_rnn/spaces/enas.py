@@ -12,7 +12,14 @@ zero dummy carried through so every core keeps nn.LSTM's (h, c) convention. Deci
     node 1: act;   node l > 1: source [n1..n_{l-1}], act
 
 Weight banks: the highway node's ``w_hw_x [E, 2, H]``, ``w_hw_h [H, 2, H]``, and ``w_edge
-[H, 2, P, H]`` with one row per edge (l, j): P = N(N-1)/2 in the supernet, N-1 in a fixed cell.
+[H, 2, P, H]`` with one row per edge (l, j): P = N(N-1)/2 in the supernet (held as P row
+parameters, see ``enas_rnn.cells.SharedCell``), N-1 in a fixed cell.
+
+Speed: the time loop is one autograd node with a hand-written backward (:class:`_ENASLoop`): per
+step and parent one GEMM for all its children, a few in-place kernels into preallocated (pooled)
+buffers, and in backward one product, one sum and one GEMM per parent; weight gradients are one
+GEMM per parent over the whole window. It computes what the plain autograd loop computed, up to
+float rounding (tests/test_speed.py checks it against that loop, copied from before the change).
 """
 
 from __future__ import annotations
@@ -70,31 +77,29 @@ def _err(where: str, msg: str) -> GenotypeError:
 # ============================================================================ the plan
 @dataclass(frozen=True, eq=False)
 class ENASGroup:
-    """Children of one parent node: one GEMM, one sigmoid, one lerp per activation run."""
+    """Children of one parent node: one GEMM, one sigmoid, one activation per run, one lerp."""
 
-    parent: int  # register (= node number) of the parent
+    parent: int  # the parent's node number
     keys: tuple[tuple[int, int], ...]  # (child, parent) edge of each child, in GEMM column order
     runs: tuple[tuple[Optional[Op], int], ...]  # (candidate activation, count) runs over the children
-    children: tuple[int, ...]  # child registers, same order as keys
-    kernels: tuple[tuple[Any, int], ...]  # runs with the ops' kernels (the hot loop reads these)
-    parent_slot: int = 0  # the parent's slot in the fused loop's state tensor (see ENASPlan)
-    first: int = 0  # slot of the first child; the children hold slots first .. first + k - 1
+    children: tuple[int, ...]  # child node numbers, same order as keys
+    parent_slot: int  # the parent's slot in the loop's state tensor (see ENASPlan)
+    first: int  # slot of the first child; the children hold slots first .. first + k - 1
 
 
 @dataclass(frozen=True, eq=False)
 class ENASPlan:
     """Program of one genotype, executed by :func:`run_enas` and printed by export.
-    Registers: 0 = h_{t-1}, i = node i."""
+
+    The loop keeps one step's node states in a tensor [N, B, H] whose slots are: 0 = n1, then the
+    children of each group in ``keys`` order, so a group writes its k children as ONE block."""
 
     act1: Optional[Op]  # candidate activation of the highway node n1
     groups: tuple[ENASGroup, ...]
-    loose: tuple[int, ...]  # loose-end registers; h_t is their mean
-    num_regs: int
+    loose: tuple[int, ...]  # loose-end node numbers; h_t is their mean
     keys: tuple[tuple[int, int], ...]  # all edges, group after group (the gather order)
     sizes: tuple[int, ...]  # children per group
-    # Slots of the fused loop's per-step state tensor [B, N, H]: slot 0 = n1, then the children
-    # in ``keys`` order, so each group writes its k children as ONE contiguous [B, k, H] block.
-    loose_slots: tuple[int, ...] = ()
+    loose_slots: tuple[int, ...]  # the loose ends' slots, in node order (the mean sums as before)
     _device_cache: dict = field(default_factory=dict, repr=False)  # loose_slots as an index tensor per device
 
     def loose_index(self, device: torch.device) -> Tensor:
@@ -130,7 +135,6 @@ def compile_enas(g: Genotype, clip: Optional[float]) -> ENASPlan:
                 runs.append((cand(act), n))
         groups.append(ENASGroup(
             parent=parent, keys=tuple((i, parent) for i in kids), runs=tuple(runs), children=tuple(kids),
-            kernels=tuple((None if op is None else op.fn, n) for op, n in runs),
             parent_slot=slot[parent], first=first,
         ))
         for i in kids:
@@ -141,10 +145,9 @@ def compile_enas(g: Genotype, clip: Optional[float]) -> ENASPlan:
         act1=cand(g.nodes[0].act),
         groups=tuple(groups),
         loose=loose,
-        num_regs=g.num_nodes + 1,
         keys=tuple(k for grp in groups for k in grp.keys),
         sizes=tuple(len(grp.keys) for grp in groups),
-        loose_slots=tuple(slot[i] for i in loose),  # node order: the mean sums as before
+        loose_slots=tuple(slot[i] for i in loose),
     )
 
 
