@@ -57,6 +57,7 @@ from omegaconf import DictConfig, open_dict  # noqa: E402
 from enas_rnn.conf import register_configs  # noqa: E402
 from enas_rnn.genotype import Genotype  # noqa: E402
 from enas_rnn.model import build_model  # noqa: E402
+from enas_rnn.runs import load_splits  # noqa: E402
 from enas_rnn.search import SearchRun  # noqa: E402
 from enas_rnn.train import LoopState, train_steps  # noqa: E402
 
@@ -130,9 +131,11 @@ def shared_variants(c: BenchConfig, cfg: DictConfig, run_dir: Path) -> tuple[lis
     last: dict[str, Genotype] = {}
     sample = run.strategy.sample_for_training
 
-    def recording_sample() -> Genotype:
-        last["g"] = g = sample()
-        return g
+    def recording_sample(*args: Any, **kwargs: Any) -> Any:
+        # Pass-through (whatever the strategy's signature): remember the child for the FLOP count.
+        got = sample(*args, **kwargs)
+        last["g"] = got[0] if isinstance(got, tuple) else got
+        return got
 
     run.strategy.sample_for_training = recording_sample  # type: ignore[method-assign]
     cell = run.model.cores[0]
@@ -159,8 +162,6 @@ def lstm_variant(c: BenchConfig, cfg: DictConfig, device: torch.device) -> tuple
     run_cfg = cfg.copy()
     with open_dict(run_cfg):
         run_cfg.model.core = "lstm"
-    from enas_rnn.runs import load_splits  # noqa: PLC0415 - a script, not the package
-
     splits = load_splits(run_cfg.data, device)
     V = len(splits.corpus.vocab)
     torch.manual_seed(0)
