@@ -11,15 +11,18 @@ Interface used by the language model (one core per layer)::
     cell(x [T,B,E], hidden, genotype=None) -> (out [T,B,H] = h_t for every t, (h_T, c_T))
 
 Weight banks are laid out by the space (``bank_layout``): a row is one (node, operand slot) for
-lstm, one edge (l, j) for enas; a shared cell holds every row of the space, a fixed cell only the
-rows its plan uses, in the plan's order (so its gather is a free view).
+lstm, one edge (l, j) for enas; a shared cell holds every row of the space, each row its own
+parameter, a fixed cell only the rows its plan uses, in the plan's order, as one tensor per bank
+(so its gather is a free view).
 
-Speed by design (ARCHITECTURE.md): the x_t part of every live xh map is one GEMM over the whole
-sequence; per step one GEMM covers the h_{t-1} part of all live slots; live slots are grouped by
-activation so each activation is one kernel; a shared cell gathers its live rows once per forward,
-not per step; only live nodes run; no host syncs in the loop. Backward, per step, does only the
-GEMM for dL/dh_{t-1}; the recurrent weights' gradients are one GEMM over all steps
-(``kernels.StepGEMM``), as fused cuDNN/oneDNN RNN kernels do.
+Speed by design (ARCHITECTURE.md): a shared step costs what its child costs - the child's rows are
+stacked once per forward and rows it did not use get no gradient, so no bank-sized gradient,
+zero-fill, weight decay or update ever happens; the x_t part of every live xh map is one GEMM over
+the whole sequence; per step one GEMM covers the h_{t-1} part of all live slots (lstm) or all
+children of a parent (enas); live slots are grouped by activation so each activation is one kernel;
+only live nodes run; no host syncs in the loop. Backward, per step, does only the GEMM for
+dL/dh_{t-1}; the recurrent weights' gradients are one GEMM over all steps (``kernels.StepGEMM``;
+the enas loop has its own backward, ``enas_rnn.spaces.enas``), as fused cuDNN/oneDNN RNN kernels do.
 
 Stability guard (``state_clip``, default 25): relu/mul chains make ENAS-style cells explode (a
 chain n_{k+1} = n_k * n_k overflows float32 in 8 nodes). Every operand whose activation is
@@ -44,7 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from enas_rnn.genotype import Genotype, GenotypeError, space_type
-from enas_rnn.kernels import rows_arg
+from enas_rnn.kernels import rows_arg, take
 from enas_rnn.spaces import SearchSpace, make_space
 
 __all__ = ["CellConfig", "SharedCell", "FixedCell", "build_cell"]
@@ -80,7 +83,8 @@ def _settings(cfg: CellConfig | None, overrides: dict[str, Any]) -> CellConfig:
 class _GenotypeCell(nn.Module):
     """Common machinery: weight banks, plan cache, gather, dropout mask, hidden init."""
 
-    def __init__(self, space: str, input_size: int, hidden_size: int, num_rows: int, cfg: CellConfig) -> None:
+    def __init__(self, space: str, input_size: int, hidden_size: int, num_rows: int, cfg: CellConfig,
+                 row_params: bool = False) -> None:
         super().__init__()
         if cfg.state_clip is not None and not cfg.state_clip > 0:
             raise ValueError(f"state_clip must be positive or None, got {cfg.state_clip}")
@@ -95,9 +99,17 @@ class _GenotypeCell(nn.Module):
         self.init_range = cfg.init_range
         self.compile = bool(cfg.compile)
         self.row_dims: dict[str, Optional[int]] = {}
+        self.bank_shapes: dict[str, tuple[int, ...]] = {}
         for name, (shape, row_dim) in self.kind.bank_layout(self.input_size, self.hidden_size, num_rows).items():
-            self.register_parameter(name, nn.Parameter(torch.empty(*shape)))
+            if row_params and row_dim is not None:
+                # One parameter per row (see SharedCell): [.., rows, ..] -> rows x [.., ..].
+                row_shape = shape[:row_dim] + shape[row_dim + 1:]
+                self.register_module(name, nn.ParameterList([nn.Parameter(torch.empty(*row_shape))
+                                                             for _ in range(shape[row_dim])]))
+            else:
+                self.register_parameter(name, nn.Parameter(torch.empty(*shape)))
             self.row_dims[name] = row_dim
+            self.bank_shapes[name] = tuple(shape)
         self.reset_parameters()
         self._plans: dict[tuple[Genotype, float | None], Any] = {}
         self._index: dict[tuple[int, torch.device], Any] = {}
@@ -107,14 +119,33 @@ class _GenotypeCell(nn.Module):
         return CellConfig(self.state_clip, self.dropout_h, self.init_range, self.compile)
 
     def reset_parameters(self) -> None:
-        """U(-r, r) with r = init_range or 1/sqrt(H) (nn.LSTM's default)."""
-        r = self.init_range if self.init_range is not None else 1.0 / math.sqrt(self.hidden_size)
-        for p in self.parameters():
-            nn.init.uniform_(p, -r, r)
+        """U(-r, r) with r = init_range or 1/sqrt(H) (nn.LSTM's default).
 
-    def banks(self) -> dict[str, Tensor]:
-        """The weight banks by name (the space's layout)."""
+        Banks are drawn whole, in layout order, whether held as one tensor or as rows: a seed
+        gives the same weights in either form."""
+        r = self.init_range if self.init_range is not None else 1.0 / math.sqrt(self.hidden_size)
+        with torch.no_grad():
+            for name, bank in self.banks().items():
+                if isinstance(bank, Tensor):
+                    nn.init.uniform_(bank, -r, r)
+                    continue
+                dense = torch.empty(self.bank_shapes[name], dtype=bank[0].dtype, device=bank[0].device).uniform_(-r, r)
+                for row, value in zip(bank, dense.unbind(self.row_dims[name])):
+                    row.copy_(value)
+
+    def banks(self) -> dict[str, Any]:
+        """The weight banks by name (the space's layout): a tensor, or a ParameterList of rows."""
         return {name: getattr(self, name) for name in self.row_dims}
+
+    def bank(self, name: str) -> Tensor:
+        """Bank ``name`` as one tensor of the space's layout (rows stacked, differentiable)."""
+        b = getattr(self, name)
+        return b if isinstance(b, Tensor) else torch.stack(list(b), self.row_dims[name])
+
+    def bank_row(self, name: str, r: int) -> Tensor:
+        """Row r of bank ``name``: a view of the parameter that holds it (writable under no_grad)."""
+        b = getattr(self, name)
+        return b.select(self.row_dims[name], r) if isinstance(b, Tensor) else b[r]
 
     # ---------------------------------------------------------------- interface
     def init_hidden(self, batch_size: int) -> Hidden:
@@ -177,18 +208,44 @@ class _GenotypeCell(nn.Module):
 
 
 class SharedCell(_GenotypeCell):
-    """Every parameter of a space (the ENAS supernet); runs any genotype passed to forward."""
+    """Every parameter of a space (the ENAS supernet); runs any genotype passed to forward.
+
+    Each bank row (an lstm (node, slot) map, an enas edge) is its own parameter, so a step costs
+    what its child costs, not what the supernet holds: rows the child did not use get no gradient
+    (``None``), so clipping, weight decay and the SGD update skip them, and no bank-sized gradient
+    is ever zero-filled. Weight decay therefore regularises only what the child used, as
+    enas_lm does ("extract the relevant variables, so that you only do L2-reg on them",
+    ``child.py::_rnn_fn``). state_dict keys are ``<bank>.<row>`` (e.g. ``w_edge.17``).
+    """
 
     def __init__(self, space: SearchSpace | str, input_size: int, hidden_size: int,
                  cfg: CellConfig | None = None, *, num_nodes: int | None = None, **settings: Any) -> None:
         sp = space if isinstance(space, SearchSpace) else make_space(space, 8 if num_nodes is None else num_nodes)
-        super().__init__(sp.name, input_size, hidden_size, sp.shared_num_rows(sp.num_nodes), _settings(cfg, settings))
+        super().__init__(sp.name, input_size, hidden_size, sp.shared_num_rows(sp.num_nodes), _settings(cfg, settings),
+                         row_params=True)
         self.num_nodes = sp.num_nodes
         # compile is accepted for a uniform config but not used: a shared cell sees a new
         # genotype every step, and a recompile per genotype costs far more than it saves.
 
     def rows(self, keys: Sequence[tuple[int, int]]) -> list[int]:
         return [self.kind.shared_row(k) for k in keys]
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # A checkpoint written before banks were held as rows has one dense tensor per bank:
+        # split it into the row keys (``w_edge`` [H, 2, P, H] -> ``w_edge.0`` .. ``w_edge.{P-1}``).
+        for name, dim in self.row_dims.items():
+            dense = state_dict.pop(prefix + name, None) if dim is not None else None
+            if dense is not None:
+                for r, row in enumerate(dense.unbind(dim)):
+                    state_dict[f"{prefix}{name}.{r}"] = row
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def _rows_cached(self, keys: Sequence[tuple[int, int]], device: torch.device) -> Any:
+        # Row banks are gathered by Python index (a stack of the rows): a list, never a tensor.
+        got = self._index.get((id(keys), device))
+        if got is None:
+            got = self._index[(id(keys), device)] = self.rows(keys)
+        return got
 
     def forward(self, x: Tensor, hidden: Hidden | None = None, genotype: Genotype | None = None) -> tuple[Tensor, Hidden]:
         """x [T, B, E] -> (h_t for every t [T, B, H], final (h, c)), running ``genotype``."""
@@ -229,11 +286,11 @@ class FixedCell(_GenotypeCell):
 
     def load_from_shared(self, shared: SharedCell) -> None:
         """Copy this genotype's rows out of ``shared``'s banks (banks without rows are copied whole)."""
-        src = torch.tensor(shared.rows(list(self._row_of)), dtype=torch.long, device=next(shared.parameters()).device)
+        src = shared.rows(list(self._row_of))
         with torch.no_grad():
             for name, dim in self.row_dims.items():
-                bank = getattr(shared, name)
-                getattr(self, name).copy_(bank if dim is None else bank.index_select(dim, src))
+                bank = shared.banks()[name]
+                getattr(self, name).copy_(bank if dim is None else take(bank, dim, src))
 
     def rows(self, keys: Sequence[tuple[int, int]]) -> list[int]:
         try:

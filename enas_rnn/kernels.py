@@ -1,5 +1,6 @@
-"""Low-level pieces every cell program is built from: activation kernels with the guard's clamp,
-the hoisted-GEMM autograd function, and weight-bank gathers.
+"""Low-level pieces every cell program is built from: activation kernels with the guard's clamp
+(and their backward kernels), the hoisted-GEMM autograd function, weight-bank gathers, and a pool
+of scratch buffers for fused loops.
 
 A search space compiles a genotype into a plan (``enas_rnn.spaces``) whose steps are named ops
 from :data:`OPS`; the cell executes a plan with :data:`OPS`' kernels and export prints it with
@@ -14,9 +15,10 @@ at v = 0, like relu).
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor
@@ -35,25 +37,42 @@ GROUP_ORDER: tuple[str, ...] = ("tanh", "sigmoid", "relu", "identity")
 
 @dataclass(frozen=True)
 class Op:
-    """A named elementwise op of a plan: its kernel (clip bound in) and its code template for export."""
+    """A named elementwise op of a plan: its kernel (clip bound in) and its code template for export.
+
+    Unary ops also carry what a hand-written backward needs (``enas_rnn.spaces.enas``'s fused
+    recurrence): ``inplace`` applies the op in place, ``grad(g, y, out)`` writes dL/dv into ``out``
+    given g = dL/dy and the op's OUTPUT y = op(v) - the same ATen backward kernels autograd runs
+    (tanh/sigmoid from the result; relu and the clamps from a mask that y determines exactly:
+    for y = clamp(v, lo, hi), lo < v < hi iff lo < y < hi).
+    """
 
     name: str
     fn: Callable[..., Tensor]
     code: str  # e.g. "torch.tanh({a})"; {a}, {b} are operands, STATE_CLIP the exported guard bound
+    inplace: Optional[Callable[[Tensor], Tensor]] = None
+    grad: Optional[Callable[[Tensor, Tensor, Tensor], Tensor]] = None
+
+
+_aten = torch.ops.aten
 
 
 def _op(name: str, clip: Optional[float]) -> Op:
     if name == "tanh":
-        return Op(name, torch.tanh, "torch.tanh({a})")
+        return Op(name, torch.tanh, "torch.tanh({a})", torch.tanh_,
+                  lambda g, y, out: _aten.tanh_backward.grad_input(g, y, grad_input=out))
     if name == "sigmoid":
-        return Op(name, torch.sigmoid, "torch.sigmoid({a})")
+        return Op(name, torch.sigmoid, "torch.sigmoid({a})", torch.sigmoid_,
+                  lambda g, y, out: _aten.sigmoid_backward.grad_input(g, y, grad_input=out))
     if name == "relu":
-        return Op(name, torch.relu, "torch.relu({a})")
-    if name == "relu_clip":
-        return Op(name, functools.partial(F.hardtanh, min_val=0.0, max_val=clip), "F.hardtanh({a}, 0.0, STATE_CLIP)")
-    if name == "clip":
-        return Op(name, functools.partial(F.hardtanh, min_val=-clip, max_val=clip),
-                  "F.hardtanh({a}, -STATE_CLIP, STATE_CLIP)")
+        return Op(name, torch.relu, "torch.relu({a})", torch.relu_,
+                  lambda g, y, out: _aten.threshold_backward.grad_input(g, y, 0, grad_input=out))
+    if name in ("relu_clip", "clip"):
+        lo = 0.0 if name == "relu_clip" else -float(clip)  # type: ignore[arg-type]
+        hi = float(clip)  # type: ignore[arg-type]
+        code = "F.hardtanh({a}, 0.0, STATE_CLIP)" if name == "relu_clip" else "F.hardtanh({a}, -STATE_CLIP, STATE_CLIP)"
+        return Op(name, functools.partial(F.hardtanh, min_val=lo, max_val=hi), code,
+                  functools.partial(F.hardtanh_, min_val=lo, max_val=hi),
+                  lambda g, y, out: _aten.hardtanh_backward.grad_input(g, y, lo, hi, grad_input=out))
     if name == "add":
         return Op(name, torch.add, "{a} + {b}")
     if name == "mul":
@@ -179,15 +198,87 @@ def rows_arg(rows: Sequence[int], device: torch.device) -> tuple[int, int] | Ten
     return torch.tensor(list(rows), dtype=torch.long, device=device)
 
 
-def take(bank: Tensor, dim: int, rows: tuple[int, int] | Tensor) -> Tensor:
-    """Rows of a bank along ``dim``: the bank itself, a narrow view, or an index_select copy.
+Bank = Union[Tensor, Sequence[Tensor]]
 
-    Called once per forward and parameter: every gather's backward writes a bank-sized
-    gradient, so gathering per group (or per step) would multiply that cost.
+
+def take(bank: Bank, dim: int, rows: tuple[int, int] | Tensor | Sequence[int]) -> Tensor:
+    """Rows of a bank along ``dim``, once per forward and bank.
+
+    A dense bank (a FixedCell's, whose rows are in plan order) gives itself or a ``narrow`` view.
+    A bank held as one parameter per row (the SharedCell's) gives the stack of the rows asked
+    for: its backward hands each used row its own gradient and rows not asked for get none at all,
+    so the optimiser never touches them (no bank-sized zero-fill, decay or update).
     """
+    if isinstance(bank, Tensor):
+        if isinstance(rows, tuple):
+            if rows == (0, bank.shape[dim]):
+                return bank  # a FixedCell owns exactly its rows: no op, no extra backward
+            return bank.narrow(dim, rows[0], rows[1])
+        return bank.index_select(dim, torch.as_tensor(rows, dtype=torch.long, device=bank.device))
     if isinstance(rows, tuple):
-        if rows == (0, bank.shape[dim]):
-            return bank  # a FixedCell owns exactly its rows: no op, no extra backward
-        return bank.narrow(dim, rows[0], rows[1])
-    return bank.index_select(dim, rows)
+        rows = range(rows[0], rows[0] + rows[1])
+    picked = [bank[int(r)] for r in rows]
+    if not picked:  # a cell that reads no row of this bank
+        shape = list(bank[0].shape)
+        return bank[0].new_empty(shape[:dim] + [0] + shape[dim:])
+    if len(picked) == 1:
+        return picked[0].unsqueeze(dim)  # a view: its gradient is the row's, no copy either way
+    return torch.stack(picked, dim)
 
+
+# ============================================================================ scratch buffers
+def _storage_refs(t: Tensor) -> int:
+    return torch._C._storage_Use_Count(t.untyped_storage()._cdata)
+
+
+class BufferPool:
+    """Reuses large CPU scratch buffers across calls (a fused loop's kept states and gradients).
+
+    glibc hands allocations above 32 MiB to fresh ``mmap``s, so a buffer of that size allocated
+    every step costs a page fault per 4 KiB page - at H = 1000 a few hundred thousand faults and
+    ~0.5 s of system time per shared step. A buffer is handed out again only when nothing but the
+    pool refers to its storage (every view, and every tensor an autograd graph saved, holds a
+    reference), so a graph kept alive (``retain_graph=True``) never sees its buffers reused.
+    Contents of a handed-out buffer are undefined, as with ``torch.empty``. CUDA has its own
+    caching allocator: there the pool just allocates. Not thread-safe.
+    """
+
+    def __init__(self, max_bytes: int = 4 << 30, min_bytes: int = 1 << 20) -> None:
+        self.max_bytes, self.min_bytes = max_bytes, min_bytes
+        self._bufs: list[Tensor] = []
+        try:
+            self._free_refs = _storage_refs(torch.empty(1))  # the buffer itself + the query's own
+        except (AttributeError, RuntimeError):  # a torch without the query: no pooling
+            self._free_refs = -1
+
+    def empty(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """An uninitialised tensor of ``shape``, reusing a free pooled buffer when one fits."""
+        n = math.prod(shape)
+        if device.type != "cpu" or self._free_refs < 0 or n * dtype.itemsize < self.min_bytes:
+            return torch.empty(tuple(shape), dtype=dtype, device=device)
+        best = None
+        for b in self._bufs:
+            if b.dtype == dtype and b.numel() >= n and (best is None or b.numel() < best.numel()) \
+                    and _storage_refs(b) == self._free_refs:
+                best = b
+        if best is None:
+            best = torch.empty(n, dtype=dtype, device=device)
+            self._bufs.append(best)
+            self._evict()
+        return best[:n].view(tuple(shape))
+
+    def _evict(self) -> None:
+        """Drop free buffers, smallest first, while the pool holds more than ``max_bytes``."""
+        total = sum(b.numel() * b.element_size() for b in self._bufs)
+        drop: set[int] = set()
+        for b in sorted(self._bufs, key=Tensor.numel):
+            if total <= self.max_bytes:
+                break
+            if _storage_refs(b) == self._free_refs:
+                drop.add(id(b))
+                total -= b.numel() * b.element_size()
+        self._bufs = [b for b in self._bufs if id(b) not in drop]
+
+
+#: The process's pool for fused loops (``enas_rnn.spaces.enas``).
+POOL = BufferPool()

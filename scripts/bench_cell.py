@@ -19,14 +19,17 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-import torch
-from torch import nn
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's enas_rnn, not an installed one
 
-from enas_rnn.cells import FixedCell, SharedCell
-from enas_rnn.genotype import get_named
-from enas_rnn.spaces import make_space
-from enas_rnn.spaces.lstm import copy_from_nn_lstm
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from enas_rnn.cells import FixedCell, SharedCell  # noqa: E402
+from enas_rnn.genotype import get_named  # noqa: E402
+from enas_rnn.spaces import make_space  # noqa: E402
+from enas_rnn.spaces.lstm import copy_from_nn_lstm  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

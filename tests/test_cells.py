@@ -57,7 +57,7 @@ def reference(cell, g: Genotype, x: torch.Tensor, hidden) -> tuple[torch.Tensor,
                         if r is None:  # dead node: no weights in a FixedCell; value unused
                             ops.append(torch.zeros_like(h))
                             continue
-                        v = x[t] @ cell.w_x[:, r] + h @ cell.w_h[:, r] + cell.bias[r]
+                        v = x[t] @ cell.bank("w_x")[:, r] + h @ cell.bank("w_h")[:, r] + cell.bank("bias")[r]
                     else:
                         v = vals[o.source]
                     ops.append(_ref_act(o.act, v, clip))
@@ -74,7 +74,7 @@ def reference(cell, g: Genotype, x: torch.Tensor, hidden) -> tuple[torch.Tensor,
         for l in range(2, g.num_nodes + 1):
             j = int(g.nodes[l - 1].input[1:])
             (r,) = cell.rows([(l, j)])
-            pre = s[j] @ cell.w_edge[:, :, r, :].reshape(H, 2 * H)
+            pre = s[j] @ cell.bank("w_edge")[:, :, r, :].reshape(H, 2 * H)
             gate, cand = pre[:, :H], pre[:, H:]
             s[l] = s[j] + torch.sigmoid(gate) * (_ref_act(g.nodes[l - 1].act, cand, clip) - s[j])
         h = torch.stack([s[i] for i in ENASSpace.loose_ends(g)]).mean(0)
@@ -92,6 +92,14 @@ def _hidden(seed: int = 1, scale: float = 1.0):
 
 
 # ============================================================================ nn.LSTM equivalence
+def _row_grad(cell, name: str, r: int) -> torch.Tensor:
+    """Gradient of row r of a bank: a slice of a FixedCell's bank, a SharedCell's row parameter."""
+    bank = getattr(cell, name)
+    if isinstance(bank, torch.Tensor):
+        return bank.grad.select(cell.row_dims[name], r)
+    return bank[r].grad
+
+
 def _check_lstm_equivalence(cell, lstm: nn.LSTM) -> None:
     x = _x(T=25)
     x2 = x.detach().clone().requires_grad_(True)
@@ -114,9 +122,9 @@ def _check_lstm_equivalence(cell, lstm: nn.LSTM) -> None:
     for k, (_, key) in enumerate([(0, (1, 0)), (1, (2, 1)), (2, (1, 1)), (3, (4, 1))]):  # i, f, g, o
         (r,) = cell.rows([key])
         rows = slice(k * H, (k + 1) * H)
-        torch.testing.assert_close(cell.w_x.grad[:, r].t(), lstm.weight_ih_l0.grad[rows], atol=1e-5, rtol=0)
-        torch.testing.assert_close(cell.w_h.grad[:, r].t(), lstm.weight_hh_l0.grad[rows], atol=1e-5, rtol=0)
-        torch.testing.assert_close(cell.bias.grad[r], lstm.bias_ih_l0.grad[rows], atol=1e-5, rtol=0)
+        torch.testing.assert_close(_row_grad(cell, "w_x", r).t(), lstm.weight_ih_l0.grad[rows], atol=1e-5, rtol=0)
+        torch.testing.assert_close(_row_grad(cell, "w_h", r).t(), lstm.weight_hh_l0.grad[rows], atol=1e-5, rtol=0)
+        torch.testing.assert_close(_row_grad(cell, "bias", r), lstm.bias_ih_l0.grad[rows], atol=1e-5, rtol=0)
 
 
 def test_fixed_cell_reproduces_nn_lstm_with_guard_on():

@@ -12,14 +12,21 @@ zero dummy carried through so every core keeps nn.LSTM's (h, c) convention. Deci
     node 1: act;   node l > 1: source [n1..n_{l-1}], act
 
 Weight banks: the highway node's ``w_hw_x [E, 2, H]``, ``w_hw_h [H, 2, H]``, and ``w_edge
-[H, 2, P, H]`` with one row per edge (l, j): P = N(N-1)/2 in the supernet, N-1 in a fixed cell.
+[H, 2, P, H]`` with one row per edge (l, j): P = N(N-1)/2 in the supernet (held as P row
+parameters, see ``enas_rnn.cells.SharedCell``), N-1 in a fixed cell.
+
+Speed: the time loop is one autograd node with a hand-written backward (:class:`_ENASLoop`): per
+step and parent one GEMM for all its children, a few in-place kernels into preallocated (pooled)
+buffers, and in backward one product, one sum and one GEMM per parent; weight gradients are one
+GEMM per parent over the whole window. It computes what the plain autograd loop computed, up to
+float rounding (tests/test_speed.py checks it against that loop, copied from before the change).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional
 
 import torch
@@ -34,7 +41,7 @@ from enas_rnn.genotype import (
     parse_node_ref,
     register_space,
 )
-from enas_rnn.kernels import ACTIVATIONS, GROUP_ORDER, Op, act_op, hoist, take
+from enas_rnn.kernels import ACTIVATIONS, GROUP_ORDER, POOL, Op, act_op, take
 from enas_rnn.spaces.base import (
     Decision,
     ExportParts,
@@ -70,26 +77,37 @@ def _err(where: str, msg: str) -> GenotypeError:
 # ============================================================================ the plan
 @dataclass(frozen=True, eq=False)
 class ENASGroup:
-    """Children of one parent node: one GEMM, one sigmoid, one lerp per activation run."""
+    """Children of one parent node: one GEMM, one sigmoid, one activation per run, one lerp."""
 
-    parent: int  # register (= node number) of the parent
+    parent: int  # the parent's node number
     keys: tuple[tuple[int, int], ...]  # (child, parent) edge of each child, in GEMM column order
     runs: tuple[tuple[Optional[Op], int], ...]  # (candidate activation, count) runs over the children
-    children: tuple[int, ...]  # child registers, same order as keys
-    kernels: tuple[tuple[Any, int], ...]  # runs with the ops' kernels (the hot loop reads these)
+    children: tuple[int, ...]  # child node numbers, same order as keys
+    parent_slot: int  # the parent's slot in the loop's state tensor (see ENASPlan)
+    first: int  # slot of the first child; the children hold slots first .. first + k - 1
 
 
 @dataclass(frozen=True, eq=False)
 class ENASPlan:
     """Program of one genotype, executed by :func:`run_enas` and printed by export.
-    Registers: 0 = h_{t-1}, i = node i."""
+
+    The loop keeps one step's node states in a tensor [N, B, H] whose slots are: 0 = n1, then the
+    children of each group in ``keys`` order, so a group writes its k children as ONE block."""
 
     act1: Optional[Op]  # candidate activation of the highway node n1
     groups: tuple[ENASGroup, ...]
-    loose: tuple[int, ...]  # loose-end registers; h_t is their mean
-    num_regs: int
+    loose: tuple[int, ...]  # loose-end node numbers; h_t is their mean
     keys: tuple[tuple[int, int], ...]  # all edges, group after group (the gather order)
     sizes: tuple[int, ...]  # children per group
+    loose_slots: tuple[int, ...]  # the loose ends' slots, in node order (the mean sums as before)
+    _device_cache: dict = field(default_factory=dict, repr=False)  # loose_slots as an index tensor per device
+
+    def loose_index(self, device: torch.device) -> Tensor:
+        """``loose_slots`` as a long tensor on ``device``, made once (no host-to-device copy per call)."""
+        idx = self._device_cache.get(device)
+        if idx is None:
+            idx = self._device_cache[device] = torch.tensor(self.loose_slots, device=device)
+        return idx
 
 
 def compile_enas(g: Genotype, clip: Optional[float]) -> ENASPlan:
@@ -106,6 +124,8 @@ def compile_enas(g: Genotype, clip: Optional[float]) -> ENASPlan:
         assert parent is not None
         children.setdefault(parent, []).append(i)
     groups = []
+    slot = {1: 0}
+    first = 1
     for parent in sorted(children):  # a parent's value exists before its group runs
         kids = sorted(children[parent], key=lambda i: (GROUP_ORDER.index(g.nodes[i - 1].act), i))
         runs: list[tuple[Optional[Op], int]] = []
@@ -115,16 +135,247 @@ def compile_enas(g: Genotype, clip: Optional[float]) -> ENASPlan:
                 runs.append((cand(act), n))
         groups.append(ENASGroup(
             parent=parent, keys=tuple((i, parent) for i in kids), runs=tuple(runs), children=tuple(kids),
-            kernels=tuple((None if op is None else op.fn, n) for op, n in runs),
+            parent_slot=slot[parent], first=first,
         ))
+        for i in kids:
+            slot[i] = first
+            first += 1
+    loose = ENASSpace.loose_ends(g)
     return ENASPlan(
         act1=cand(g.nodes[0].act),
         groups=tuple(groups),
-        loose=ENASSpace.loose_ends(g),
-        num_regs=g.num_nodes + 1,
+        loose=loose,
         keys=tuple(k for grp in groups for k in grp.keys),
         sizes=tuple(len(grp.keys) for grp in groups),
+        loose_slots=tuple(slot[i] for i in loose),
     )
+
+
+def _act_grad(op: Optional[Op], g: Tensor, y: Tensor, out: Tensor) -> None:
+    """dL/dv into ``out`` given g = dL/dy and y = op(v) (identity: a copy)."""
+    if op is None:
+        out.copy_(g)
+    else:
+        op.grad(g, y, out)  # type: ignore[misc]
+
+
+def _runs(v: Tensor, runs: Sequence[tuple[Optional[Op], int]], dim: int) -> list[Tensor]:
+    """``v`` cut along the children (dimension ``dim``) into the group's activation runs."""
+    if len(runs) == 1:
+        return [v]
+    out, pos = [], 0
+    for _, n in runs:
+        out.append(v.narrow(dim, pos, n))
+        pos += n
+    return out
+
+
+def _loop_forward(plan: ENASPlan, xp: Tensor, h: Tensor, mask: Optional[Tensor], w1: Tensor,
+                  ws: Sequence[Tensor], keep: bool) -> tuple[Tensor, Tensor, Optional[Tensor], list[Tensor]]:
+    """The time loop, writing into preallocated buffers (no autograd inside).
+
+    Per step and group: one GEMM into the group's scratch [B, 2kH] = [B, 2, k, H] (gate | candidate
+    of its k children; reused every step, so it stays in cache), an in-place sigmoid on the gates,
+    an in-place activation per run, one lerp that writes the k children into their slots of the
+    state tensor S_t [N, B, H]. With ``keep`` (for backward) S [T, N, B, H] is kept for every step,
+    and so are the coefficients Q [T, B, 3, k, H] the backward needs, computed here while g, f and
+    s_p are still in cache (see :class:`_ENASLoop`); nothing else is kept. Every per-step view is
+    cut before the loop (``unbind``), so a step runs kernels, not view bookkeeping.
+    """
+    T, B = xp.shape[0], xp.shape[1]
+    H = h.shape[-1]
+    N = 1 + len(plan.keys)
+    steps = T if keep else 1
+    dt, dev = xp.dtype, xp.device
+    S = POOL.empty((steps, N, B, H), dt, dev)  # node-major: a parent's state is a contiguous [B, H]
+    out = xp.new_empty(T, B, H)
+    one = xp.new_ones(())
+
+    def per_step(v: Tensor) -> list[Tensor]:  # [steps, ...] -> T views (the same one without keep)
+        views = list(v.unbind(0))
+        return views if keep else views * T
+
+    G1 = xp.new_empty(B, 2 * H)  # n1's scratch: gate | candidate
+    Q1 = POOL.empty((T, B, 3 * H), dt, dev) if keep else None
+    node1 = (G1, G1[:, :H], G1[:, H:], per_step(S[:, 0]))
+    q1 = [Q1[:, :, j * H:(j + 1) * H].unbind(0) for j in range(3)] if Q1 is not None else None
+    groups, Qs = [], []
+    for grp, w in zip(plan.groups, ws):
+        k, ps, a = len(grp.children), grp.parent_slot, grp.first
+        G = xp.new_empty(B, 2 * k * H)
+        Q = POOL.empty((T, B, 3 * k * H), dt, dev) if keep else None
+        Qs.append(Q)
+        if k == 1:  # [B, H] views: one child needs no broadcast
+            gate, cand, s_pb, kids, cdim = G[:, :H], G[:, H:], S[:, ps], S[:, a], 1
+            qv = None if Q is None else Q.view(T, B, 3, H)
+        else:
+            Gv = G.view(B, 2, k, H)  # [B, 2kH] -> [B, 2, k, H]
+            # [steps, k, B, H] -> [steps, B, k, H] views, to match the children's [B, k, H] in G
+            gate, cand, cdim = Gv[:, 0], Gv[:, 1], 1
+            s_pb, kids = S[:, ps:ps + 1].transpose(1, 2), S[:, a:a + k].transpose(1, 2)
+            qv = None if Q is None else Q.view(T, B, 3, k, H)
+        acts = [(op, c) for (op, _), c in zip(grp.runs, _runs(cand, grp.runs, cdim)) if op is not None]
+        coef = None
+        if qv is not None:  # (run op, g run, f run, Q's dh~ run per step), Q's dc and 1 - g per step
+            runs = [(op, g_run, f_run, q_run.unbind(0)) for (op, _), g_run, f_run, q_run in
+                    zip(grp.runs, _runs(gate, grp.runs, cdim), _runs(cand, grp.runs, cdim),
+                        _runs(qv[:, :, 1], grp.runs, cdim + 1))]
+            coef = (runs, qv[:, :, 0].unbind(0), qv[:, :, 2].unbind(0))
+        groups.append((w, G, gate, cand, per_step(S[:, ps]), per_step(s_pb), per_step(kids), acts, coef))
+    loose = plan.loose_slots
+    loose_idx = None if len(loose) == 1 else plan.loose_index(dev)
+    inv_loose = 1.0 / len(loose)
+    s_all = per_step(S)
+    xps, outs = xp.unbind(0), out.unbind(0)
+    act1 = plan.act1
+    sigmoid_grad = torch.ops.aten.sigmoid_backward.grad_input
+    g1, gate1, cand1, s1 = node1
+    for t in range(T):
+        h_in = h if mask is None else h * mask
+        torch.addmm(xps[t], h_in, w1, out=g1)  # [B, 2H]: gate | candidate of n1
+        gate1.sigmoid_()
+        if act1 is not None:
+            act1.inplace(cand1)  # type: ignore[misc]
+        torch.lerp(h, cand1, gate1, out=s1[t])
+        if q1 is not None:
+            _coefficients_step(act1, gate1, cand1, h, q1[0][t], q1[1][t], q1[2][t], one)
+        for w, G, gate, cand, s_p, s_pb, kids, acts, coef in groups:
+            torch.mm(s_p[t], w, out=G)  # [B, H] x [H, 2kH]
+            gate.sigmoid_()
+            for op, c in acts:
+                op.inplace(c)  # type: ignore[misc]
+            # s_l = lerp(s_p, f(h~), sigmoid(c)) for all k children at once, into their slots.
+            torch.lerp(s_pb[t], cand, gate, out=kids[t])
+            if coef is not None:
+                runs, q_gate, q_start = coef
+                for op, g_run, f_run, q_run in runs:
+                    _act_grad(op, g_run, f_run, q_run[t])  # g * act'(h~), from f
+                d_gate = torch.sub(cand, s_pb[t], out=q_gate[t])
+                sigmoid_grad(d_gate, gate, grad_input=d_gate)  # (f - s_p) g (1 - g)
+                torch.sub(one, gate, out=q_start[t])  # 1 - g
+        # h_t = mean of the loose ends (Pham et al. 2018, Sec. 2.1).
+        if loose_idx is None:
+            outs[t].copy_(s_all[t][loose[0]])
+        else:
+            torch.sum(s_all[t].index_select(0, loose_idx), 0, out=outs[t]).mul_(inv_loose)
+        h = outs[t]
+    return out, S, Q1, Qs
+
+
+def _coefficients_step(op: Optional[Op], gate: Tensor, cand: Tensor, s_p: Tensor, q_gate: Tensor, q_cand: Tensor,
+                       q_start: Tensor, one: Tensor) -> None:
+    """One node's backward coefficients (see :class:`_ENASLoop`) from g, f and s_p."""
+    _act_grad(op, gate, cand, q_cand)
+    torch.sub(cand, s_p, out=q_gate)
+    torch.ops.aten.sigmoid_backward.grad_input(q_gate, gate, grad_input=q_gate)
+    torch.sub(one, gate, out=q_start)
+
+
+def _transposed(w: Tensor) -> Tensor:
+    """w^T [N, K] as a contiguous (pooled) copy: the per-step backward GEMM runs ~30 % faster on it
+    than on the transposed view."""
+    wt = POOL.empty((w.shape[1], w.shape[0]), w.dtype, w.device)
+    return wt.copy_(w.t())
+
+
+class _ENASLoop(torch.autograd.Function):
+    """The enas cell's time loop with a hand-written backward (a fused RNN kernel in PyTorch ops).
+
+    Autograd would record ~6 nodes per cell node and step; this records one node for the whole
+    window and runs the reverse loop itself. Everything that does not depend on the incoming
+    gradient is computed in the forward, while it is in cache: per step and group the coefficients
+    Q = (sigmoid'(c) (f - s_p) | g f'(h~) | 1 - g) [B, 3, k, H], so that per step and group the
+    backward is one product, a sum over the children and one GEMM::
+
+        ds = dL/ds_children [B, k, H];  [dc | dh~ | direct] = Q * ds   (one broadcast product)
+        ds_p = sum_k direct + [dc | dh~] @ W^T                          (one GEMM, the sum as its C)
+
+    Every node is either a loose end (its gradient comes from h_t) or a parent (from its one group
+    of children), never both, so each slot of dS is written once per step and never zero-filled.
+    The weights' gradients are one GEMM per group over all steps: dW = S_p^T [H, T*B] x dPre
+    [T*B, 2kH], as fused cuDNN/oneDNN RNN kernels do. Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, plan: ENASPlan, xp: Tensor, h0: Tensor, mask: Optional[Tensor], w1: Tensor,
+                *ws: Tensor) -> Tensor:  # type: ignore[override]
+        dt = xp.dtype  # under autocast the hoisted GEMM ran in half precision: so does the loop
+        w1c, wsc = w1.to(dt), [w.to(dt) for w in ws]
+        h0c = h0.to(dt)
+        maskc = None if mask is None else mask.to(dt)
+        out, S, Q1, Qs = _loop_forward(plan, xp, h0c, maskc, w1c, wsc, keep=True)
+        ctx.plan = plan
+        ctx.save_for_backward(h0c, maskc, w1c, *wsc, out, S, Q1, *Qs)
+        ctx.dtypes = (h0.dtype, w1.dtype, [w.dtype for w in ws])
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, d_out: Tensor) -> tuple[Optional[Tensor], ...]:  # type: ignore[override]
+        plan: ENASPlan = ctx.plan
+        n_g = len(plan.groups)
+        h0, mask, w1, *rest = ctx.saved_tensors
+        ws, (out, S, Q1), Qs = rest[:n_g], rest[n_g:n_g + 3], rest[n_g + 3:]
+        T, N, B, H = S.shape
+        d_outs = d_out.to(out.dtype).unbind(0)
+        # Per step and group, Q [B, 3, k, H] holds (from forward) the coefficients of (dL/dc | dL/dh~
+        # | dL/ds_p through the lerp's start), so ONE product Q * ds gives all three; Q's first 2kH
+        # columns, dPre = [dc | dh~], are then the GEMMs' operand (rows 3kH apart).
+        dxp = Q1[:, :, :2 * H]  # [T, B, 2H] (rows 3H apart): dL/d(n1's pre-activation) = dL/dxp
+        dPs = [Q[:, :, :2 * k * H] for Q, k in zip(Qs, plan.sizes)]  # [T, B, 2kH] each
+        # The reverse loop: per step and group one product, a sum over the children, one GEMM.
+        dS = S.new_empty(N, B, H)  # one step's dL/ds; every slot is written before it is read
+        groups = []
+        for grp, w, Q, dP in zip(plan.groups, ws, Qs, dPs):
+            k, a = len(grp.children), grp.first
+            if k == 1:  # [B, H] views: one child needs no sum
+                ds, Qv = dS[a], Q.view(T, B, 3, H)
+            else:
+                ds, Qv = dS[a:a + k].transpose(0, 1), Q.view(T, B, 3, k, H)  # [k, B, H] -> [B, k, H]
+            groups.append((_transposed(w), k, ds.unsqueeze(1), dS[grp.parent_slot], Qv.unbind(0),
+                           Qv[:, :, 2].unbind(0), dP.unbind(0)))
+        groups.reverse()  # children before parents
+        w1t = _transposed(w1)
+        Q1v, direct1, dxps = Q1.view(T, B, 3, H).unbind(0), Q1[:, :, 2 * H:].unbind(0), dxp.unbind(0)
+        loose = plan.loose_slots
+        loose_idx = plan.loose_index(S.device)
+        inv_loose = 1.0 / len(loose)
+        ds1_b = dS[0].unsqueeze(1)
+        d_h = torch.zeros_like(h0)  # dL/dh_t from step t+1
+        for t in range(T - 1, -1, -1):
+            d_h.add_(d_outs[t])
+            if len(loose) == 1:
+                dS[loose[0]].copy_(d_h)
+            else:
+                dS.index_copy_(0, loose_idx, d_h.mul_(inv_loose).expand(len(loose), B, H))
+            for wt, k, ds_b, d_p, Qv, direct, dP in groups:
+                Qv[t].mul_(ds_b)  # [B, 3, (k,) H] * [B, 1, (k,) H]: (dc | dh~ | ds_p via the lerp's start)
+                # d_p = sum_k ds (1 - g) + [dc | dh~] @ W^T: [B, 2kH] x [2kH, H], written once.
+                torch.addmm(direct[t] if k == 1 else direct[t].sum(1), dP[t], wt, out=d_p)
+            Q1v[t].mul_(ds1_b)
+            if mask is None:
+                d_h = torch.addmm(direct1[t], dxps[t], w1t)
+            else:
+                d_h = torch.addcmul(direct1[t], torch.mm(dxps[t], w1t), mask)
+        # The weights' gradients, one GEMM each over all steps: [H, T*B] x [T*B, 2kH].
+        need = ctx.needs_input_grad
+        h0_dt, w1_dt, ws_dt = ctx.dtypes
+        dw1 = None
+        if need[4]:
+            h_in = POOL.empty((T, B, H), out.dtype, out.device)  # h_{t-1} for every t, masked
+            h_in[0].copy_(h0)
+            h_in[1:].copy_(out[:-1])
+            if mask is not None:
+                h_in.mul_(mask)
+            dw1 = h_in.view(T * B, H).t().mm(dxp.reshape(T * B, 2 * H)).to(w1_dt)  # reshape: a view
+        dws = []
+        for j, (grp, dP) in enumerate(zip(plan.groups, dPs)):
+            if not need[5 + j]:
+                dws.append(None)
+                continue
+            s_p = S[:, grp.parent_slot].reshape(T * B, H)  # [T, B, H] -> [T*B, H] (a copy: S is node-major)
+            dws.append(s_p.t().mm(dP.reshape(T * B, -1)).to(ws_dt[j]))  # reshape: a view (rows 3kH apart)
+        return (None, dxp if need[1] else None, d_h.to(h0_dt) if need[2] else None, None, dw1, *dws)
 
 
 def run_enas(
@@ -134,64 +385,26 @@ def run_enas(
 
     Node update (Pham et al. 2018, Sec. 2.1; enas_lm): [c; h~] = W s_j,
     s_l = s_j + sigmoid(c) * (f(h~) - s_j) = lerp(s_j, f(h~), sigmoid(c)).
+    The x_t part of node 1 is one GEMM over the whole sequence; the loop runs in
+    :class:`_ENASLoop` (its own backward) or, without autograd, in :func:`_loop_forward` directly.
     """
     w_hw_x, w_hw_h, w_groups = weights
     T, B, E = x.shape
     h, c_dummy = hidden
     H = h.shape[-1]
+    if T == 0:
+        return x.new_empty(0, B, H), (h, c_dummy)
     if clip is not None:
         h = F.hardtanh(h, -clip, clip)  # once per forward: keeps every state within [-clip, clip]
-    # Hoisted x_t part of the highway node: [T*B, E] x [E, 2H] -> T x [B, 2H] (no bias, as enas_lm).
-    xp, w_rec, tape = hoist(x.reshape(T * B, E), w_hw_x, None, w_hw_h, T, B)
-    # Node groups have no x part; their base is zeros that carry the deferred weight gradient.
-    bases = [hoist(None, None, None, w, T, B) for w in w_groups]
-    regs: list[Any] = [None] * plan.num_regs
-    act1 = None if plan.act1 is None else plan.act1.fn
-    groups, loose = plan.groups, plan.loose
-    inv_loose = 1.0 / len(loose)
-    outs = []
-    for t, xp_t in enumerate(xp):
-        h_in = h if mask is None else h * mask
-        if tape is not None:
-            tape.append(h_in.detach())  # detached: no ctx->tape->graph->ctx cycle (leak)
-        # Highway node 1 over [x_t; h_{t-1}]: [B, 2H] -> [B, 2, H] -> gate, candidate [B, H].
-        g_pre, c_pre = torch.addmm(xp_t, h_in, w_rec).view(B, 2, H).unbind(1)
-        # (.to: under autocast the GEMM output is half precision and lerp wants one dtype.)
-        regs[1] = torch.lerp(h.to(c_pre.dtype), c_pre if act1 is None else act1(c_pre), torch.sigmoid(g_pre))
-        for grp, (base, w, g_tape) in zip(groups, bases):
-            s_p = regs[grp.parent]
-            if g_tape is not None:
-                g_tape.append(s_p.detach())
-            k = len(grp.children)
-            out = torch.addmm(base[t], s_p, w)  # all k children of this parent in one GEMM: [B, 2kH]
-            if k == 1:
-                g_pre, c_pre = out.view(B, 2, H).unbind(1)
-                fn = grp.kernels[0][0]
-                regs[grp.children[0]] = torch.lerp(
-                    s_p.to(c_pre.dtype), c_pre if fn is None else fn(c_pre), torch.sigmoid(g_pre)
-                )
-                continue
-            g_pre, c_pre = out.view(B, 2, k, H).unbind(1)  # [B, 2kH] -> [B, 2, k, H] -> 2 x [B, k, H]
-            gate = torch.sigmoid(g_pre)
-            s_b = s_p.to(c_pre.dtype).unsqueeze(1)  # [B, H] -> [B, 1, H], broadcast over the k children
-            if len(grp.kernels) == 1:
-                fn = grp.kernels[0][0]
-                parts = torch.lerp(s_b, c_pre if fn is None else fn(c_pre), gate).unbind(1)
-            else:
-                sizes = [n for _, n in grp.kernels]
-                parts = []
-                for (fn, _), c_run, g_run in zip(grp.kernels, c_pre.split(sizes, 1), gate.split(sizes, 1)):
-                    parts.extend(torch.lerp(s_b, c_run if fn is None else fn(c_run), g_run).unbind(1))
-            for r, v in zip(grp.children, parts):
-                regs[r] = v
-        # h_t = mean of the loose ends (Pham et al. 2018, Sec. 2.1).
-        if len(loose) == 1:
-            h = regs[loose[0]]
-        else:
-            h = torch.stack([regs[r] for r in loose]).sum(0).mul_(inv_loose)
-        outs.append(h)
-    out = torch.stack(outs) if outs else x.new_empty(0, B, H)
-    return out, (h, c_dummy)
+    # Hoisted x_t part of the highway node: [T*B, E] x [E, 2H] -> [T, B, 2H] (no bias, as enas_lm).
+    xp = torch.mm(x.reshape(T * B, E), w_hw_x).view(T, B, 2 * H)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (xp, h, w_hw_h, *w_groups)):
+        out = _ENASLoop.apply(plan, xp, h, mask, w_hw_h, *w_groups)
+    else:
+        dt = xp.dtype
+        out = _loop_forward(plan, xp, h.to(dt), None if mask is None else mask.to(dt), w_hw_h.to(dt),
+                            [w.to(dt) for w in w_groups], keep=False)[0]
+    return out, (out[-1], c_dummy)
 
 
 # ============================================================================ the space
@@ -371,13 +584,19 @@ class ENASSpace(SearchSpace):
     @classmethod
     def gather(cls, plan: ENASPlan, banks: Mapping[str, Tensor], rows: Any, input_size: int,
                hidden_size: int) -> tuple[Any, ...]:
-        # One gather for all used edges, then split per group:
-        # [H, 2, P, H] -> [H, 2, n_used, H] -> per group [H, 2, k, H] -> [H, 2kH]
-        # (columns: gates of the k children | their candidates).
+        # One gather per group, straight into its GEMM's layout:
+        # [H, 2, P, H] (or P rows [H, 2, H]) -> [H, 2, k, H] -> [H, 2kH]
+        # (columns: gates of the k children | their candidates). A one-child group's weight is a
+        # view of its row; a larger group's is one copy of its k rows (its backward: one per row).
         E, H = input_size, hidden_size
-        w_used = take(banks["w_edge"], 2, rows)
-        w_groups = tuple(w.reshape(H, 2 * k * H) for w, k in zip(w_used.split(plan.sizes, 2), plan.sizes))
-        return banks["w_hw_x"].reshape(E, 2 * H), banks["w_hw_h"].reshape(H, 2 * H), w_groups
+        idx = list(range(rows[0], rows[0] + rows[1])) if isinstance(rows, tuple) else list(rows)
+        w_groups, first = [], 0
+        for k in plan.sizes:
+            sub = idx[first:first + k]
+            first += k
+            arg = (sub[0], k) if sub == list(range(sub[0], sub[0] + k)) else sub
+            w_groups.append(take(banks["w_edge"], 2, arg).reshape(H, 2 * k * H))
+        return banks["w_hw_x"].reshape(E, 2 * H), banks["w_hw_h"].reshape(H, 2 * H), tuple(w_groups)
 
     run = staticmethod(run_enas)
 

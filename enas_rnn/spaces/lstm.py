@@ -703,9 +703,9 @@ def copy_from_nn_lstm(cell: Any, lstm: nn.LSTM) -> None:
         for k, key in _NN_LSTM_GATES.values():
             (r,) = cell.rows([key])
             rows = slice(k * H, (k + 1) * H)
-            cell.w_x[:, r, :] = w_ih[rows].t()
-            cell.w_h[:, r, :] = w_hh[rows].t()
-            cell.bias[r] = b[rows]
+            cell.bank_row("w_x", r).copy_(w_ih[rows].t())
+            cell.bank_row("w_h", r).copy_(w_hh[rows].t())
+            cell.bank_row("bias", r).copy_(b[rows])
 
 
 register_space(LSTMSpace)
