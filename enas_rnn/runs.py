@@ -95,7 +95,8 @@ LOCK_NAME = ".lock"
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | Path, what: str = "run", wait: bool = False, create: bool = True) -> Iterator[None]:
+def folder_lock(folder: str | Path, what: str = "run", wait: bool = False, create: bool = True,
+                name: str = LOCK_NAME) -> Iterator[None]:
     """Holds ``<folder>/.lock`` (an OS file lock, released even if the process dies) while the block runs.
 
     Without ``wait`` a second process is refused with a message naming the folder; with ``wait`` it
@@ -106,13 +107,13 @@ def folder_lock(folder: str | Path, what: str = "run", wait: bool = False, creat
     if not create and not folder.is_dir():
         raise ConfigError(f"resume={folder}: no such folder; pass the folder of an earlier run")
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(folder / name, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             raise RunFolderBusy(
-                f"{folder} is in use by another {what} that is still running (it holds {folder / LOCK_NAME}): "
+                f"{folder} is in use by another {what} that is still running (it holds {folder / name}): "
                 "wait for it to finish, or start this one in another folder (hydra.run.dir=<new folder>)"
             ) from None
         yield

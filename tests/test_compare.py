@@ -171,3 +171,16 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     res = _cli(["experiment=smoke", f"cell={bad}"], tmp_path)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "n1 is the highway node" in res.stderr and str(bad) in res.stderr
+
+
+def test_baseline_cache_is_shared_and_reused(tiny_corpus: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    args = ["experiment=smoke", f"data.root={tiny_corpus}", "cell=lstm", "seeds=[0]", "sizings=[same]",
+            "baselines=[lstm]", f"baseline_cache={cache}"]
+    run_compare(compose_app("compare", args), tmp_path / "a")
+    (folder,) = [p for p in cache.iterdir() if p.is_dir()]
+    assert folder.name.startswith("nn_lstm_same_seed0-") and (folder / "metrics.json").is_file()
+    stamp = (folder / "metrics.json").stat().st_mtime
+    report = run_compare(compose_app("compare", args), tmp_path / "b")
+    assert (folder / "metrics.json").stat().st_mtime == stamp  # trained once, reused by the second comparison
+    assert any(r["status"] == "reused" for r in report["runs"])

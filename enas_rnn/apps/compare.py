@@ -492,7 +492,8 @@ def run_compare(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             # run's config, and a second process waits for the first to finish training it.
             folder = Path(cfg.baseline_cache).expanduser().resolve() / f"{spec.name}-{config_digest(_identity(spec.cfg))}"
             log.info("[%d/%d] %s (hidden %d) in the baseline cache %s", k, len(plan), spec.name, spec.hidden_size, folder)
-            with folder_lock(folder, "baseline run", wait=True):
+            # A lock beside the run's folder: the training run takes the folder's own lock.
+            with folder_lock(folder.parent, "baseline run", wait=True, name=f".{folder.name}.lock"):
                 metrics, status = run_one(spec, folder)
             results[spec.name] = metrics
         else:
