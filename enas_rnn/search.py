@@ -199,7 +199,7 @@ class SearchRun:
                         disable=not show_progress(cfg.train.progress), unit="step", leave=False)
         self.best_ppl = min((r["ppl"] for r in self.state.records), default=math.inf)
         self.history_file: Any = None
-        self._epoch_loss = [0.0, 0]  # shared-phase loss sum and windows of the current epoch (for the log)
+        self._epoch_losses: list[float] = []  # shared-phase window losses of the current epoch (for the log)
         log.info("enas-search in %s: %s search of the %s space (%d nodes), supernet %d units (%s parameters), "
                  "%d epochs x (%s shared + %d controller steps), screen %s, degenerate cells: %s%s", self.run_dir,
                  s.strategy, self.space.name, self.space.num_nodes, cfg.model.hidden_size,
@@ -262,8 +262,7 @@ class SearchRun:
     def _shared_step_hook(self, ls: LoopState, res: StepResult) -> None:
         self.bar.update(1)
         if res.ok:
-            self._epoch_loss[0] += res.loss
-            self._epoch_loss[1] += 1
+            self._epoch_losses.append(res.loss)
         if ls.step % self.cfg.train.log_every == 0 and res.ok:
             self.writer.add_scalar("shared/train_ppl", perplexity(res.loss), ls.step)
             self.writer.add_scalar("shared/lr", ls.lr, ls.step)
@@ -364,14 +363,20 @@ class SearchRun:
         p, d = st.epoch_proposals[-1]
         self.writer.add_scalar("controller/degenerate_share_epoch", d / p if p else 0.0, st.epoch)
         ppls = sorted(r["ppl"] for r in st.records if r["epoch"] == st.epoch - 1 and math.isfinite(r["ppl"]))
-        loss_sum, windows = self._epoch_loss
-        log.info("epoch %d/%d: shared train ppl %s (%d windows, %.0f tokens/s); children: %d evaluated, median ppl %s, "
-                 "best %s (so far %.1f); degenerate proposals %d/%d; %.0f s", st.epoch, cfg.search.epochs,
-                 f"{perplexity(loss_sum / windows):.1f}" if windows else "–", windows,
-                 loop.tokens / max(loop.train_seconds, 1e-9), len(ppls),
-                 f"{ppls[len(ppls) // 2]:.1f}" if ppls else "–", f"{ppls[0]:.1f}" if ppls else "–", self.best_ppl, d, p,
+        # Median, not exp(mean loss): a few exploding children (loss far above a uniform guess, ln V) would
+        # make the mean astronomically large and hide how the typical child trains; their count is logged.
+        losses = sorted(self._epoch_losses)
+        uniform = math.log(self.model.vocab_size)
+        exploding = sum(1 for x in losses if x > uniform)
+        if losses:
+            self.writer.add_scalar("shared/exploding_share_epoch", exploding / len(losses), st.epoch)
+        log.info("epoch %d/%d: shared train ppl median %s, %d of %d windows worse than a uniform guess (%.0f tokens/s); "
+                 "children: %d evaluated, median ppl %s, best %s (so far %.1f); degenerate proposals %d/%d; %.0f s",
+                 st.epoch, cfg.search.epochs, f"{perplexity(losses[len(losses) // 2]):.4g}" if losses else "–",
+                 exploding, len(losses), loop.tokens / max(loop.train_seconds, 1e-9), len(ppls),
+                 f"{ppls[len(ppls) // 2]:.4g}" if ppls else "–", f"{ppls[0]:.1f}" if ppls else "–", self.best_ppl, d, p,
                  time.perf_counter() - self.wall_t0)
-        self._epoch_loss = [0.0, 0]
+        self._epoch_losses = []
         if st.epoch >= cfg.train.decay_start:
             loop.lr *= cfg.train.lr_decay
         epoch_recs = [r for r in st.records if r["epoch"] == st.epoch - 1 and math.isfinite(r["ppl"])]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +59,7 @@ def test_logs_are_lines_in_the_run_folder_and_multirun_folders_are_named(tiny_co
     assert res.returncode == 0, res.stderr[-2000:]
     log = (tmp_path / "s" / "search.log").read_text()
     assert log.count("epoch 1/2:") == 1 and log.count("epoch 2/2:") == 1 and "done: best cell" in log
+    assert re.search(r"shared train ppl median [0-9.e+]+, \d+ of \d+ windows worse than a uniform guess", log)
 
 
 def test_tensorboard_shows_train_and_search_runs_side_by_side(tiny_corpus: Path, tmp_path: Path) -> None:
