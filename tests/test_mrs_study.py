@@ -20,7 +20,7 @@ def study_cfg(root: Path, *extra: str):
 
 
 def _check_tables(tables: dict, targets: set[str]) -> None:
-    assert set(tables) == targets
+    assert targets <= set(tables) <= targets | {"valid_ppl_learned"}
     for table in tables.values():
         assert {t["stat"] for t in table} == set(study.stats_of(["paper", "init", "paper_mae", "init_mae"]))
         for t in table:
@@ -77,3 +77,16 @@ def test_study_reports_shared_weight_ppl_of_a_search(tiny_corpus: Path, tmp_path
     assert all(math.isfinite(float(r["shared_ppl"])) for r in rows if r["degenerate"] == "0")
     with pytest.raises(ConfigError, match="space"):
         run_study(study_cfg(tiny_corpus, f"search_run={search}", "space=enas", "cells=2"), tmp_path / "e")
+
+
+def test_correlations_rank_diverged_cells_last_and_report_the_cells_that_learned() -> None:
+    # Five cells: the score ranks them perfectly, and the worst one diverged (inf). Dropping it would lose
+    # a pair; ranking it last keeps the perfect order. Two cells are worse than a uniform guess (V = 100).
+    rows = [{"hash": str(i), "degenerate": 0, "valid_ppl": ppl, "num_params": 1.0 + i, "hidden_cov": -float(i)}
+            for i, ppl in enumerate([50.0, 60.0, 70.0, 500.0, math.inf])]
+    tables = study.correlations(rows, ["num_params", "hidden_cov"], uniform_ppl=100.0)
+    full = {t["stat"]: t for t in tables["valid_ppl"]}
+    assert full["num_params"]["n"] == 5 and full["num_params"]["kendall"] == pytest.approx(1.0)
+    assert full["hidden_cov"]["kendall"] == pytest.approx(-1.0)
+    learned = {t["stat"]: t for t in tables["valid_ppl_learned"]}
+    assert learned["num_params"]["n"] == 3 and learned["num_params"]["spearman"] == pytest.approx(1.0)

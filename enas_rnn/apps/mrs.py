@@ -35,6 +35,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -272,17 +273,33 @@ def rescore(rows: list[dict[str, Any]], variant: str, cfg: Any, vocab_size: int)
 # ------------------------------------------------------------------------------------ reporting
 
 
-def correlations(rows: Sequence[dict[str, Any]], stats: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+def correlations(rows: Sequence[dict[str, Any]], stats: Sequence[str],
+                 uniform_ppl: float | None = None) -> dict[str, list[dict[str, Any]]]:
     """Spearman and Kendall (with p-values) of every statistic against each available target, over the
-    trained (non-degenerate) cells."""
+    trained (non-degenerate) cells.
+
+    Both are rank statistics, so a diverged cell (infinite perplexity) enters as the worst rank instead of
+    being dropped (dropping it would flatter a score that ranks diverging cells first). With ``uniform_ppl``
+    (the vocabulary size) a second table ``valid_ppl_learned`` keeps only the cells that beat a uniform
+    guess: whether a score also ranks the cells that learned, not only separates them from those that blew up.
+    """
     trained = [r for r in rows if not r.get("degenerate")]
+    worst = sys.float_info.max
+
+    def ranked(rs: Sequence[dict[str, Any]], target: str) -> list[dict[str, Any]]:
+        return [{**r, target: worst} if r.get(target) is not None and float(r[target]) == math.inf else r for r in rs]
+
     out: dict[str, list[dict[str, Any]]] = {}
-    for target in TARGETS:
-        if any(r.get(target) is not None and math.isfinite(float(r[target])) for r in trained):
-            table = correlation_table(trained, target, list(stats), methods=("spearman", "kendall"))
+    subsets = [(t, t, trained) for t in TARGETS]
+    if uniform_ppl is not None:
+        learned = [r for r in trained if r.get("valid_ppl") is not None and float(r["valid_ppl"]) < uniform_ppl]
+        subsets.append(("valid_ppl_learned", "valid_ppl", learned))
+    for key, target, subset in subsets:
+        if sum(r.get(target) is not None and not math.isnan(float(r[target])) for r in subset) >= 3:
+            table = correlation_table(ranked(subset, target), target, list(stats), methods=("spearman", "kendall"))
             for t in table:
                 t["expected"] = expected_sign(t["stat"])
-            out[target] = table
+            out[key] = table
     return out
 
 
@@ -369,9 +386,12 @@ def render_markdown(cfg: Any, rows: Sequence[dict[str, Any]], tables: dict[str, 
     lines += ["", "Expected sign against perplexity: `+` the statistic grows with ppl, `-` it falls (a useful "
               f"higher-is-better score is negative). Published reference: hidden covariance reaches |tau| = "
               f"{PUBLISHED_HIDDEN_COV_TAU} on NAS-Bench-NLP (Serianni & Kalita 2023).", ""]
-    names = {"valid_ppl": "trained validation perplexity", "shared_ppl": "shared-weight perplexity"}
+    names = {"valid_ppl": f"trained validation perplexity ({len(trained)} trained cells; diverged = worst rank)",
+             "shared_ppl": f"shared-weight perplexity ({len(trained)} trained cells)",
+             "valid_ppl_learned": "trained validation perplexity, only the cells that beat a uniform guess "
+                                  f"(valid ppl < vocabulary size; {max((t['n'] for t in tables.get('valid_ppl_learned', [])), default=0)} cells)"}
     for target, table in tables.items():
-        lines += [f"## Against {names[target]} ({len(trained)} trained cells)", "",
+        lines += [f"## Against {names[target]}", "",
                   to_markdown(table, ["stat", "expected", "n", "spearman", "spearman_p", "kendall", "kendall_p"]), ""]
     if dead:
         lines += ["## Degenerate cells", "",
@@ -495,7 +515,7 @@ def _run_study(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     thresholds = {v: rescore(rows, v, cfg.variants[v], vocab_size) for v in variants}
     write_rows(csv_path, rows, variants)
     stats = stats_of(variants)
-    tables = correlations(rows, stats)
+    tables = correlations(rows, stats, uniform_ppl=float(vocab_size))
     dead_table = degenerate_report(rows, variants)
     png = plot_scatter(rows, stats, run_dir / PLOT_NAME) if cfg.plot else None
     md = render_markdown(cfg, rows, tables, thresholds, dead_table, shared_seconds)
