@@ -5,8 +5,8 @@
 
 Per pipeline: strategy, degenerate-cell handling, seed, screen, degenerate share of proposals (overall and
 last epoch), the derived winner's shared-weight perplexity, whether retraining overturned the shared-weight
-ranking, the winner's memory and edit distance to the LSTM, its test perplexity against nn.LSTM at matched
-parameters (mean over the comparison's seeds, and the ratio), and the pipeline's wall time.
+ranking, the winner's memory and edit distance to its space's reference cell, its test perplexity against
+nn.LSTM at matched parameters (mean over the comparison's seeds, and the ratio), and the pipeline's wall time.
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ def row(folder: Path) -> dict:
         "retraining overturned": "no" if m["shortlist"][0]["chosen"] else "yes",
         "memory": {True: "yes", False: "NO", None: "n/a"}[w["has_memory"]],
         "reads input": "yes" if w["depends_on_input"] else "NO",
-        "distance to lstm": fmt_num(w["reference_distance"], "d", "–"),
+        # Distance to the space's reference cell (lstm, or enas_paper in the enas space); "<=" marks an upper bound.
+        "distance to reference": ("" if w.get("distance_exact", True) else "<= ")
+        + fmt_num(w["reference_distance"], "d", "–") + (f" ({w['reference']})" if w.get("reference") else ""),
         "winner test ppl": fmt_num(v.get("cell_test_ppl"), ".1f", "–"),
         "nn.LSTM": fmt_num(v.get("lstm_test_ppl"), ".1f", "–"),
         "vs nn.LSTM": fmt_num(None if v.get("ratio") is None else 100 * v["ratio"], "+.1f", "–") + " %",
