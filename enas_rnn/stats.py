@@ -204,9 +204,12 @@ def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def fmt_num(v: Any, fmt: str, missing: str = "") -> str:
-    """A table cell: ``format(v, fmt)``; ``missing`` for None or NaN, "diverged" for an infinite value."""
+    """A table cell: ``format(v, fmt)``; ``missing`` for None or NaN, "diverged" for an infinite value,
+    and 4 significant digits instead of a fixed-point format at 1e7 or more."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return missing
     if isinstance(v, float) and math.isinf(v):
         return "diverged"
+    if isinstance(v, float) and fmt.endswith("f") and abs(v) >= 1e7:
+        return format(v, ".4g")  # an exploded perplexity: 1.159e+66, not a 67-digit number
     return format(v, fmt)

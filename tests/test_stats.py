@@ -93,3 +93,12 @@ def test_to_markdown() -> None:
     assert md == expected
     with pytest.raises(ValueError):
         to_markdown(rows, [])
+
+
+def test_fmt_num_keeps_table_cells_short() -> None:
+    from enas_rnn.stats import fmt_num
+
+    assert fmt_num(472.254, ".2f") == "472.25"
+    assert fmt_num(1.159e66, ".2f") == "1.159e+66"  # an exploded perplexity, not a 67-digit number
+    assert fmt_num(float("inf"), ".2f") == "diverged" and fmt_num(None, ".2f", "–") == "–"
+    assert fmt_num(12345678, "d") == "12345678"  # integers keep their format
