@@ -83,13 +83,15 @@ class Controller(nn.Module):
 
     def _run(
         self, n: int, forced: Optional[Tensor], generator: Optional[torch.Generator],
-        constraint: Optional[Constraint] = None,
-    ) -> tuple[Tensor, Tensor, Tensor]:
+        constraint: Optional[Constraint] = None, stats: bool = True,
+    ) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
         """Walks the decisions; samples (forced is None) or scores the given choices [n, D].
 
         With ``constraint(prefix) -> allowed choices or None`` the disallowed logits are masked, so the
         policy is the masked one: its log-probabilities and entropies, and hence REINFORCE's gradient,
-        are those of the distribution that was actually sampled.
+        are those of the distribution that was actually sampled. ``stats=False`` skips the
+        log-probabilities and entropies (returned as None): the same draws, for a child that only
+        trains the shared weights.
         """
         x = self.start.expand(n, -1)  # [n, H]
         state = None
@@ -111,9 +113,12 @@ class Controller(nn.Module):
             else:
                 pick = forced[:, i]
             choices.append(pick)
-            log_probs.append(log_p.gather(1, pick[:, None]).squeeze(1))
-            entropies.append(-(log_p.exp() * log_p.clamp(min=-1e4)).sum(-1))  # 0 * -inf of masked choices is 0
+            if stats:
+                log_probs.append(log_p.gather(1, pick[:, None]).squeeze(1))
+                entropies.append(-(log_p.exp() * log_p.clamp(min=-1e4)).sum(-1))  # 0 * -inf of masked choices is 0
             x = self.embeds[i](pick)  # [n, H]
+        if not stats:
+            return torch.stack(choices, 1), None, None
         return torch.stack(choices, 1), torch.stack(log_probs, 1).sum(1), torch.stack(entropies, 1).sum(1)
 
     def sample(self, n: int = 1, generator: Optional[torch.Generator] = None,
@@ -121,7 +126,14 @@ class Controller(nn.Module):
         """Draws n cells (from the global torch RNG unless a generator is given), masked by ``constraint``."""
         choices, log_prob, entropy = self._run(n, None, generator, constraint)
         genotypes = [self.space.decode(row) for row in choices.tolist()]
-        return Sample(genotypes, choices, log_prob, entropy)
+        return Sample(genotypes, choices, log_prob, entropy)  # type: ignore[arg-type]
+
+    @torch.no_grad()
+    def draw(self, generator: Optional[torch.Generator] = None, constraint: Optional[Constraint] = None) -> Genotype:
+        """One cell, exactly the one ``sample(1, ...)`` would draw from the same RNG state, without the
+        autograd graph, log-probability or entropy (the shared phase's child: ~1.5x cheaper)."""
+        choices, _, _ = self._run(1, None, generator, constraint, stats=False)
+        return self.space.decode(choices[0].tolist())
 
     def log_prob(self, genotypes: Sequence[Genotype], constraint: Optional[Constraint] = None) -> tuple[Tensor, Tensor]:
         """Log-probability and entropy [B] of given cells (teacher forcing through the same path)."""

@@ -26,12 +26,28 @@ from enas_rnn.errors import ConfigError, UserError
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; the only place in the package that chooses a device."""
+    """``auto`` picks CUDA when present; the only place in the package that chooses a device.
+
+    Every app resolves its device here, so this is also where the process's CPU float mode is set:
+    denormal floats are flushed to zero (:func:`flush_denormals`).
+    """
+    flush_denormals()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={name} but CUDA is not available here: use device=auto or device=cpu")
     return torch.device(name)
+
+
+def flush_denormals() -> bool:
+    """Flush denormal floats (|v| < 1.2e-38 in float32) to zero on the CPU (FTZ/DAZ); True if supported.
+
+    Why: children of a search that saturate or vanish push gradients into the denormal range,
+    where x86 arithmetic is ~100x slower. Measured on the lstm-space shared step (H = 256, 30
+    windows of a seed-0 search, one thread): 524 -> 273 ms per step; enas space 329 -> 315 ms.
+    Values that small change no result a float32 model can express; GPU kernels flush them too.
+    """
+    return bool(torch.set_flush_denormal(True))
 
 
 @dataclass

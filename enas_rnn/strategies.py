@@ -135,7 +135,7 @@ class ENASStrategy(Strategy):
     def sample_for_training(self, accept: Accept = None) -> tuple[Genotype, int]:
         self.controller.eval()
         for tries in range(MAX_DRAWS_PER_CELL):
-            g = self.controller.sample(1, self.generator, self.constraint).genotypes[0]
+            g = self.controller.draw(self.generator, self.constraint)
             if accept is None or accept(g):
                 return g, tries
         raise SearchSpaceExhausted(self.controller.space, MAX_DRAWS_PER_CELL)

@@ -26,8 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from enas_rnn import native  # noqa: E402
 from enas_rnn.cells import FixedCell, SharedCell  # noqa: E402
 from enas_rnn.genotype import get_named  # noqa: E402
+from enas_rnn.runs import flush_denormals  # noqa: E402
 from enas_rnn.spaces import make_space  # noqa: E402
 from enas_rnn.spaces.lstm import copy_from_nn_lstm  # noqa: E402
 
@@ -89,6 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    flush_denormals()  # the float mode every app runs with (enas_rnn.runs.resolve_device)
     torch.manual_seed(args.seed)
     E, H, B, T = args.input, args.hidden, args.batch, args.bptt
     clip = args.state_clip if args.state_clip > 0 else None
@@ -151,6 +154,8 @@ def main(argv: list[str] | None = None) -> dict:
         "threads": torch.get_num_threads(),
         "timer": args.timer,
         "torch": torch.__version__,
+        # the enas loop's C++ build (CPU float32); ENAS_RNN_NATIVE=0 times the PyTorch loop instead
+        "native_enas_loop": "on" if native.available() else f"off ({native.reason()})",
         "python": platform.python_version(),
         "shape": {"input": E, "hidden": H, "batch": B, "bptt": T},
         "state_clip": clip,

@@ -54,10 +54,14 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 
+from enas_rnn import native  # noqa: E402
 from enas_rnn.conf import register_configs  # noqa: E402
 from enas_rnn.genotype import Genotype  # noqa: E402
 from enas_rnn.model import build_model  # noqa: E402
-from enas_rnn.runs import load_splits  # noqa: E402
+from enas_rnn.runs import (
+    flush_denormals,  # noqa: E402
+    load_splits,  # noqa: E402
+)
 from enas_rnn.search import SearchRun  # noqa: E402
 from enas_rnn.train import LoopState, train_steps  # noqa: E402
 
@@ -215,11 +219,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-controller", action="store_true", help="skip the controller steps")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table per shared step variant")
     p.add_argument("--json", default=None, help="also write the report here")
+    p.add_argument("--keep-denormals", action="store_true",
+                   help="do not flush denormal floats to zero (the apps do; this measures what that saves)")
     args = p.parse_args(argv)
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    flush_denormals()  # the float mode every app runs with (enas_rnn.runs.resolve_device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but CUDA is not available here")
     timer = "wall" if device.type == "cuda" else args.timer
@@ -245,6 +252,9 @@ def main(argv: list[str] | None = None) -> dict:
             variants.append(lv)
             keep_alive.append(model)
             variants.append(sgemm_variant(c, len(run.splits.corpus.vocab), args.bptt, device))
+
+    if args.keep_denormals:  # after SearchRun, which set the apps' mode
+        torch.set_flush_denormal(False)
 
     def sync() -> None:
         if device.type == "cuda":
@@ -308,6 +318,9 @@ def main(argv: list[str] | None = None) -> dict:
         "threads": torch.get_num_threads(),
         "timer": timer,
         "torch": torch.__version__,
+        "denormals": "kept" if args.keep_denormals else "flushed to zero",
+        # the enas loop's C++ build (CPU float32); ENAS_RNN_NATIVE=0 times the PyTorch loop instead
+        "native_enas_loop": "on" if native.available() else f"off ({native.reason()})",
         "bptt": args.bptt,
         "repeats": args.repeats,
         "data": str(data_root),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -121,3 +123,14 @@ def test_constrained_decoding_samples_only_valid_cells_with_the_masked_policy() 
     lp, _ = controller.log_prob(sample.genotypes[:20], constraint)
     torch.testing.assert_close(lp, sample.log_prob[:20])
     assert torch.isfinite(sample.entropy).all()
+
+
+@pytest.mark.parametrize("space", ["lstm", "enas"])
+def test_draw_gives_the_cells_sample_gives_from_the_same_rng(space: str) -> None:
+    # The shared phase's cheap draw (no graph, no statistics) must not change which cells a seed gives.
+    sp = make_space(space, 6)
+    ctl = Controller(sp)
+    for constraint in (None, functools.partial(sp.allowed, require_memory=True)):
+        g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+        for _ in range(20):
+            assert ctl.draw(g1, constraint) == ctl.sample(1, g2, constraint).genotypes[0]

@@ -20,6 +20,9 @@ step and parent one GEMM for all its children, a few in-place kernels into preal
 buffers, and in backward one product, one sum and one GEMM per parent; weight gradients are one
 GEMM per parent over the whole window. It computes what the plain autograd loop computed, up to
 float rounding (tests/test_speed.py checks it against that loop, copied from before the change).
+For float32 on the CPU the same loop runs in C++ (``enas_rnn.native``: one GEMM and one fused
+elementwise pass per step and parent, no Python per step) when it could be built; this PyTorch
+loop is the reference and the path for every other dtype and device.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+import enas_rnn.native as native
 from enas_rnn.genotype import (
     CellAnalysis,
     Genotype,
@@ -100,6 +104,7 @@ class ENASPlan:
     keys: tuple[tuple[int, int], ...]  # all edges, group after group (the gather order)
     sizes: tuple[int, ...]  # children per group
     loose_slots: tuple[int, ...]  # the loose ends' slots, in node order (the mean sums as before)
+    clip: Optional[float] = None  # the guard's bound (the clamping ops' limit)
     _device_cache: dict = field(default_factory=dict, repr=False)  # loose_slots as an index tensor per device
 
     def loose_index(self, device: torch.device) -> Tensor:
@@ -108,6 +113,21 @@ class ENASPlan:
         if idx is None:
             idx = self._device_cache[device] = torch.tensor(self.loose_slots, device=device)
         return idx
+
+    def native_meta(self) -> tuple[list[int], int, list[int], float]:
+        """The plan as ``enas_rnn.native``'s loop reads it: (groups, act1 code, loose slots, clip);
+        groups = [G, then per group: parent slot, first slot, k, one activation code per child]."""
+        meta = self._device_cache.get("native")
+        if meta is None:
+            groups = [len(self.groups)]
+            for grp in self.groups:
+                groups += [grp.parent_slot, grp.first, len(grp.children)]
+                for op, n in grp.runs:
+                    groups += [native.ACT_CODES[None if op is None else op.name]] * n
+            act1 = native.ACT_CODES[None if self.act1 is None else self.act1.name]
+            meta = self._device_cache["native"] = (groups, act1, list(self.loose_slots),
+                                                   float(self.clip) if self.clip is not None else 0.0)
+        return meta
 
 
 def compile_enas(g: Genotype, clip: Optional[float]) -> ENASPlan:
@@ -148,6 +168,7 @@ def compile_enas(g: Genotype, clip: Optional[float]) -> ENASPlan:
         keys=tuple(k for grp in groups for k in grp.keys),
         sizes=tuple(len(grp.keys) for grp in groups),
         loose_slots=tuple(slot[i] for i in loose),
+        clip=clip,
     )
 
 
@@ -262,6 +283,32 @@ def _loop_forward(plan: ENASPlan, xp: Tensor, h: Tensor, mask: Optional[Tensor],
     return out, S, Q1, Qs
 
 
+def _use_native(t: Tensor) -> bool:
+    """Whether the loop on tensors like ``t`` runs in C++ (float32 on the CPU, when it could be built)."""
+    # Under torch.compile (a FixedCell's option) the PyTorch loop is traced instead: the custom op
+    # has no fake implementation for the compiler.
+    return (t.device.type == "cpu" and t.dtype == torch.float32 and not torch.compiler.is_compiling()
+            and native.available())
+
+
+def _native_forward(plan: ENASPlan, xp: Tensor, h: Tensor, mask: Optional[Tensor], w1: Tensor,
+                    ws: Sequence[Tensor], keep: bool) -> tuple[Tensor, Optional[Tensor], Optional[Tensor], list[Tensor]]:
+    """:func:`_loop_forward` in C++ (``enas_rnn/native/enas_loop.cpp``). Its own layout for backward:
+    S [N, T, B, H] (parents' states, node-major), P1 [T, B, 2H] and Ps[g] [T, B, 2kH] holding
+    (sigmoid(c) | f(h~)) per step, which its backward turns into the pre-activations' gradients."""
+    T, B = xp.shape[0], xp.shape[1]
+    H = h.shape[-1]
+    dt, dev = xp.dtype, xp.device
+    S = POOL.empty((1 + len(plan.keys), T, B, H), dt, dev) if keep else None
+    P1 = POOL.empty((T, B, 2 * H), dt, dev) if keep else None
+    Ps = [POOL.empty((T, B, 2 * k * H), dt, dev) for k in plan.sizes] if keep else []
+    out = xp.new_empty(T, B, H)
+    groups, act1, loose, clip = plan.native_meta()
+    native.ops().loop_forward(xp.contiguous(), h.contiguous(), mask, w1, list(ws), groups, act1, loose, clip,
+                              S, P1, Ps, out)
+    return out, S, P1, Ps
+
+
 def _coefficients_step(op: Optional[Op], gate: Tensor, cand: Tensor, s_p: Tensor, q_gate: Tensor, q_cand: Tensor,
                        q_start: Tensor, one: Tensor) -> None:
     """One node's backward coefficients (see :class:`_ENASLoop`) from g, f and s_p."""
@@ -276,6 +323,54 @@ def _transposed(w: Tensor) -> Tensor:
     than on the transposed view."""
     wt = POOL.empty((w.shape[1], w.shape[0]), w.dtype, w.device)
     return wt.copy_(w.t())
+
+
+def _reverse_loop(plan: ENASPlan, d_out: Tensor, h0: Tensor, mask: Optional[Tensor], w1: Tensor,
+                  ws: Sequence[Tensor], S: Tensor, Q1: Tensor, Qs: Sequence[Tensor]) -> Tensor:
+    """The backward's reverse loop (see :class:`_ENASLoop`): turns Q1 and Qs in place into
+    (dL/dc | dL/dh~ | -) per step and returns dL/dh0."""
+    T, N, B, H = S.shape
+    d_outs = d_out.unbind(0)
+    # Per step and group, Q [B, 3, k, H] holds (from forward) the coefficients of (dL/dc | dL/dh~
+    # | dL/ds_p through the lerp's start), so ONE product Q * ds gives all three; Q's first 2kH
+    # columns, dPre = [dc | dh~], are then the GEMMs' operand (rows 3kH apart).
+    dxp = Q1[:, :, :2 * H]  # [T, B, 2H] (rows 3H apart): dL/d(n1's pre-activation) = dL/dxp
+    dPs = [Q[:, :, :2 * k * H] for Q, k in zip(Qs, plan.sizes)]  # [T, B, 2kH] each
+    # The reverse loop: per step and group one product, a sum over the children, one GEMM.
+    dS = S.new_empty(N, B, H)  # one step's dL/ds; every slot is written before it is read
+    groups = []
+    for grp, w, Q, dP in zip(plan.groups, ws, Qs, dPs):
+        k, a = len(grp.children), grp.first
+        if k == 1:  # [B, H] views: one child needs no sum
+            ds, Qv = dS[a], Q.view(T, B, 3, H)
+        else:
+            ds, Qv = dS[a:a + k].transpose(0, 1), Q.view(T, B, 3, k, H)  # [k, B, H] -> [B, k, H]
+        groups.append((_transposed(w), k, ds.unsqueeze(1), dS[grp.parent_slot], Qv.unbind(0),
+                       Qv[:, :, 2].unbind(0), dP.unbind(0)))
+    groups.reverse()  # children before parents
+    w1t = _transposed(w1)
+    Q1v, direct1, dxps = Q1.view(T, B, 3, H).unbind(0), Q1[:, :, 2 * H:].unbind(0), dxp.unbind(0)
+    loose = plan.loose_slots
+    loose_idx = plan.loose_index(S.device)
+    inv_loose = 1.0 / len(loose)
+    ds1_b = dS[0].unsqueeze(1)
+    d_h = torch.zeros_like(h0)  # dL/dh_t from step t+1
+    for t in range(T - 1, -1, -1):
+        d_h.add_(d_outs[t])
+        if len(loose) == 1:
+            dS[loose[0]].copy_(d_h)
+        else:
+            dS.index_copy_(0, loose_idx, d_h.mul_(inv_loose).expand(len(loose), B, H))
+        for wt, k, ds_b, d_p, Qv, direct, dP in groups:
+            Qv[t].mul_(ds_b)  # [B, 3, (k,) H] * [B, 1, (k,) H]: (dc | dh~ | ds_p via the lerp's start)
+            # d_p = sum_k ds (1 - g) + [dc | dh~] @ W^T: [B, 2kH] x [2kH, H], written once.
+            torch.addmm(direct[t] if k == 1 else direct[t].sum(1), dP[t], wt, out=d_p)
+        Q1v[t].mul_(ds1_b)
+        if mask is None:
+            d_h = torch.addmm(direct1[t], dxps[t], w1t)
+        else:
+            d_h = torch.addcmul(direct1[t], torch.mm(dxps[t], w1t), mask)
+    return d_h
 
 
 class _ENASLoop(torch.autograd.Function):
@@ -294,6 +389,11 @@ class _ENASLoop(torch.autograd.Function):
     of children), never both, so each slot of dS is written once per step and never zero-filled.
     The weights' gradients are one GEMM per group over all steps: dW = S_p^T [H, T*B] x dPre
     [T*B, 2kH], as fused cuDNN/oneDNN RNN kernels do. Not twice differentiable.
+
+    The C++ loop (float32 on the CPU, :func:`_native_forward`) runs the same algorithm with its own
+    layout: it keeps (g | f) per step instead of Q (its backward forms the coefficients from them and
+    the parent's state, in one fused pass per group) and only the parents' states, node-major
+    (S [N, T, B, H]), so that a parent's states are one [T*B, H] matrix for dW without a copy.
     """
 
     @staticmethod
@@ -303,7 +403,9 @@ class _ENASLoop(torch.autograd.Function):
         w1c, wsc = w1.to(dt), [w.to(dt) for w in ws]
         h0c = h0.to(dt)
         maskc = None if mask is None else mask.to(dt)
-        out, S, Q1, Qs = _loop_forward(plan, xp, h0c, maskc, w1c, wsc, keep=True)
+        ctx.native = _use_native(xp)
+        loop = _native_forward if ctx.native else _loop_forward
+        out, S, Q1, Qs = loop(plan, xp, h0c, maskc, w1c, wsc, keep=True)
         ctx.plan = plan
         ctx.save_for_backward(h0c, maskc, w1c, *wsc, out, S, Q1, *Qs)
         ctx.dtypes = (h0.dtype, w1.dtype, [w.dtype for w in ws])
@@ -316,47 +418,24 @@ class _ENASLoop(torch.autograd.Function):
         n_g = len(plan.groups)
         h0, mask, w1, *rest = ctx.saved_tensors
         ws, (out, S, Q1), Qs = rest[:n_g], rest[n_g:n_g + 3], rest[n_g + 3:]
-        T, N, B, H = S.shape
-        d_outs = d_out.to(out.dtype).unbind(0)
-        # Per step and group, Q [B, 3, k, H] holds (from forward) the coefficients of (dL/dc | dL/dh~
-        # | dL/ds_p through the lerp's start), so ONE product Q * ds gives all three; Q's first 2kH
-        # columns, dPre = [dc | dh~], are then the GEMMs' operand (rows 3kH apart).
-        dxp = Q1[:, :, :2 * H]  # [T, B, 2H] (rows 3H apart): dL/d(n1's pre-activation) = dL/dxp
-        dPs = [Q[:, :, :2 * k * H] for Q, k in zip(Qs, plan.sizes)]  # [T, B, 2kH] each
-        # The reverse loop: per step and group one product, a sum over the children, one GEMM.
-        dS = S.new_empty(N, B, H)  # one step's dL/ds; every slot is written before it is read
-        groups = []
-        for grp, w, Q, dP in zip(plan.groups, ws, Qs, dPs):
-            k, a = len(grp.children), grp.first
-            if k == 1:  # [B, H] views: one child needs no sum
-                ds, Qv = dS[a], Q.view(T, B, 3, H)
-            else:
-                ds, Qv = dS[a:a + k].transpose(0, 1), Q.view(T, B, 3, k, H)  # [k, B, H] -> [B, k, H]
-            groups.append((_transposed(w), k, ds.unsqueeze(1), dS[grp.parent_slot], Qv.unbind(0),
-                           Qv[:, :, 2].unbind(0), dP.unbind(0)))
-        groups.reverse()  # children before parents
-        w1t = _transposed(w1)
-        Q1v, direct1, dxps = Q1.view(T, B, 3, H).unbind(0), Q1[:, :, 2 * H:].unbind(0), dxp.unbind(0)
-        loose = plan.loose_slots
-        loose_idx = plan.loose_index(S.device)
-        inv_loose = 1.0 / len(loose)
-        ds1_b = dS[0].unsqueeze(1)
-        d_h = torch.zeros_like(h0)  # dL/dh_t from step t+1
-        for t in range(T - 1, -1, -1):
-            d_h.add_(d_outs[t])
-            if len(loose) == 1:
-                dS[loose[0]].copy_(d_h)
-            else:
-                dS.index_copy_(0, loose_idx, d_h.mul_(inv_loose).expand(len(loose), B, H))
-            for wt, k, ds_b, d_p, Qv, direct, dP in groups:
-                Qv[t].mul_(ds_b)  # [B, 3, (k,) H] * [B, 1, (k,) H]: (dc | dh~ | ds_p via the lerp's start)
-                # d_p = sum_k ds (1 - g) + [dc | dh~] @ W^T: [B, 2kH] x [2kH, H], written once.
-                torch.addmm(direct[t] if k == 1 else direct[t].sum(1), dP[t], wt, out=d_p)
-            Q1v[t].mul_(ds1_b)
-            if mask is None:
-                d_h = torch.addmm(direct1[t], dxps[t], w1t)
-            else:
-                d_h = torch.addcmul(direct1[t], torch.mm(dxps[t], w1t), mask)
+        d_out = d_out.to(out.dtype)
+        if ctx.native:  # S [N, T, B, H]; Q1, Qs hold (g | f) per step and become dL/d(pre-activation)
+            N, T, B, H = S.shape
+            groups_meta, act1, loose_meta, clip = plan.native_meta()
+            d_h = native.ops().loop_backward(d_out, h0, mask, w1, list(ws), groups_meta, act1, loose_meta, clip,
+                                             S, out, Q1, list(Qs))
+            # A custom op's writes do not bump version counters: do it, so that a second backward
+            # through a retained graph fails loudly, as with the PyTorch loop's in-place products.
+            torch.autograd.graph.increment_version([Q1, *Qs])
+            dxp, dPs = Q1, list(Qs)  # [T, B, 2H], [T, B, 2kH]
+            parent_states = [S[grp.parent_slot].view(T * B, H) for grp in plan.groups]  # a view
+        else:  # S [T, N, B, H]; Q1, Qs hold the coefficients (see above)
+            T, N, B, H = S.shape
+            d_h = _reverse_loop(plan, d_out, h0, mask, w1, ws, S, Q1, Qs)
+            dxp = Q1[:, :, :2 * H]  # [T, B, 2H] (rows 3H apart): dL/d(n1's pre-activation) = dL/dxp
+            dPs = [Q[:, :, :2 * k * H] for Q, k in zip(Qs, plan.sizes)]  # [T, B, 2kH] each
+            # [T, B, H] -> [T*B, H] (a copy: S is step-major)
+            parent_states = [S[:, grp.parent_slot].reshape(T * B, H) for grp in plan.groups]
         # The weights' gradients, one GEMM each over all steps: [H, T*B] x [T*B, 2kH].
         need = ctx.needs_input_grad
         h0_dt, w1_dt, ws_dt = ctx.dtypes
@@ -373,8 +452,7 @@ class _ENASLoop(torch.autograd.Function):
             if not need[5 + j]:
                 dws.append(None)
                 continue
-            s_p = S[:, grp.parent_slot].reshape(T * B, H)  # [T, B, H] -> [T*B, H] (a copy: S is node-major)
-            dws.append(s_p.t().mm(dP.reshape(T * B, -1)).to(ws_dt[j]))  # reshape: a view (rows 3kH apart)
+            dws.append(parent_states[j].t().mm(dP.reshape(T * B, -1)).to(ws_dt[j]))  # reshape: a view
         return (None, dxp if need[1] else None, d_h.to(h0_dt) if need[2] else None, None, dw1, *dws)
 
 
@@ -402,8 +480,9 @@ def run_enas(
         out = _ENASLoop.apply(plan, xp, h, mask, w_hw_h, *w_groups)
     else:
         dt = xp.dtype
-        out = _loop_forward(plan, xp, h.to(dt), None if mask is None else mask.to(dt), w_hw_h.to(dt),
-                            [w.to(dt) for w in w_groups], keep=False)[0]
+        loop = _native_forward if _use_native(xp) else _loop_forward
+        out = loop(plan, xp, h.to(dt), None if mask is None else mask.to(dt), w_hw_h.to(dt),
+                   [w.to(dt) for w in w_groups], keep=False)[0]
     return out, (out[-1], c_dummy)
 
 

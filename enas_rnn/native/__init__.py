@@ -1,0 +1,96 @@
+"""Optional C++ kernels: the enas cell's time loop for float32 on the CPU (``enas_loop.cpp``).
+
+The source is compiled on first use with ``torch.utils.cpp_extension.load`` (needs a C++ compiler;
+the build is cached under ``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``, one
+folder per torch version, and takes 10-20 s once). When it cannot be built, or ``ENAS_RNN_NATIVE=0`` is set, enas_rnn warns
+once and runs the PyTorch loop in ``enas_rnn.spaces.enas``, which computes the same numbers (to
+float rounding) and stays the path for every other dtype and device.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+__all__ = ["ACT_CODES", "available", "ops", "reason"]
+
+log = logging.getLogger(__name__)
+
+#: Op name -> the C++ activation code (``enas_loop.cpp``'s ``Act``); None is identity without clamp.
+ACT_CODES: dict[Optional[str], int] = {None: 0, "tanh": 1, "sigmoid": 2, "relu": 3, "relu_clip": 4, "clip": 5}
+
+_SOURCE = Path(__file__).with_name("enas_loop.cpp")
+_STALE_LOCK_S = 600.0
+_state: dict[str, Any] = {"tried": False, "ok": False, "reason": None}
+
+
+def _build_dir() -> Path:
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "torch_extensions")
+    # one folder per torch version: a build against another torch's headers must not be reused
+    tag = torch.__version__.replace("+", "_").replace(".", "_")
+    return Path(root) / f"enas_rnn_native_torch{tag}"
+
+
+def _build() -> None:
+    from torch.utils.cpp_extension import load
+
+    build = _build_dir()
+    build.mkdir(parents=True, exist_ok=True)
+    lock = build / "lock"
+    # A build killed midway leaves its lock behind and the next load would wait for it forever; a
+    # real build takes well under this.
+    if lock.exists() and time.time() - lock.stat().st_mtime > _STALE_LOCK_S:
+        lock.unlink(missing_ok=True)
+    log.info("building enas_rnn's native enas loop in %s (once)", build)
+    load(
+        name="enas_rnn_native",
+        sources=[str(_SOURCE)],
+        build_directory=str(build),
+        # -march=native: the vectorised activations (at::vec) pick AVX2 / AVX-512 from the compiler's
+        # target; the build is made on, and cached for, the machine that runs it.
+        extra_cflags=["-O3", "-march=native"],
+        is_python_module=False,
+        verbose=False,
+    )
+
+
+def available() -> bool:
+    """True when the native loop is loaded (built on the first call; False, with one warning, if not)."""
+    if not _state["tried"]:
+        _state["tried"] = True
+        if os.environ.get("ENAS_RNN_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+            _state["reason"] = "disabled by ENAS_RNN_NATIVE=0"
+        else:
+            try:
+                _build()
+                torch.ops.enas_rnn_native.loop_forward  # noqa: B018 - raises if registration failed
+                _state["ok"] = True
+            except Exception as e:  # no compiler, no write access to the cache, ...: fall back
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                _state["reason"] = f"could not build enas_rnn/native/enas_loop.cpp ({first})"
+                warnings.warn(
+                    f"enas_rnn: {_state['reason']}; the enas cell runs its PyTorch loop instead (same numbers, "
+                    "slower on the CPU). Install a C++ compiler (g++) to get the fast loop, or set "
+                    "ENAS_RNN_NATIVE=0 to silence this.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+    return bool(_state["ok"])
+
+
+def reason() -> Optional[str]:
+    """Why the native loop is not in use (None when it is, or before the first :func:`available`)."""
+    return _state["reason"]
+
+
+def ops() -> Any:
+    """``torch.ops.enas_rnn_native``, built if need be (RuntimeError when it cannot be)."""
+    if not available():
+        raise RuntimeError(f"enas_rnn's native loop is not available: {reason()}")
+    return torch.ops.enas_rnn_native

@@ -1,0 +1,151 @@
+"""The C++ enas loop (``enas_rnn/native``) computes what the PyTorch loop computes, and without it the
+cell falls back to that loop with one clear warning.
+
+H = 37 so that every fused pass runs full vectors (16 or 8 floats) and a tail; the branch-point
+comparison in tests/test_speed.py uses H = 8 (tails only) and, in float32, runs the native loop too.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import Tensor
+
+from enas_rnn import native
+from enas_rnn.cells import FixedCell, SharedCell
+from enas_rnn.genotype import Genotype, get_named
+from enas_rnn.spaces import enas as enas_mod
+from enas_rnn.spaces import make_space
+
+E, H, B = 11, 37, 4
+
+needs_native = pytest.mark.skipif(
+    not native.available(), reason=f"native enas loop not built here: {native.reason()}"
+)
+
+
+def _forward_backward(cell: SharedCell, g: Genotype, x: Tensor, h0: Tensor, mask: Tensor | None,
+                      use_native: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[Tensor, tuple[Tensor, ...]]:
+    with monkeypatch.context() as m:
+        if not use_native:
+            m.setattr(enas_mod, "_use_native", lambda t: False)
+        kind, plan = cell.kind, cell.plan(g)
+        xs = x.detach().clone().requires_grad_(True)
+        h = h0.detach().clone().requires_grad_(True)
+        weights = kind.gather(plan, cell.banks(), cell.rows(plan.keys), E, H)
+        leaves = [weights[0], weights[1], *weights[2]]
+        out, (h_t, _) = kind.run(plan, weights, xs, (h, torch.zeros_like(h)), mask, cell.state_clip)
+        w = torch.linspace(-1, 1, out.numel()).view_as(out)
+        grads = torch.autograd.grad((out * w).sum() + (h_t ** 2).sum(), [xs, h, *leaves])
+    return out.detach(), grads
+
+
+@needs_native
+@pytest.mark.parametrize("clip", [None, 25.0, 0.2])  # 0.2: the guard's clamps act
+def test_native_loop_matches_pytorch_loop(clip: float | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # init_range 0.3: a contractive cell, so rounding differences are not amplified step after step
+    # (with 0.8 and no guard some cells are chaotic at H = 37 and 1e-7 grows 10x per step).
+    sp = make_space("enas", 8)
+    cell = SharedCell(sp, E, H, state_clip=clip, init_range=0.3)
+    gen = torch.Generator().manual_seed(0)
+    genotypes = [sp.sample(seed) for seed in range(12)]
+    if clip == 25.0:
+        genotypes.append(get_named("enas_paper"))  # 12 nodes: 6 groups, runs of two activations
+    for i, g in enumerate(genotypes):
+        if g.num_nodes != 8:
+            cell = SharedCell(make_space("enas", g.num_nodes), E, H, state_clip=clip, init_range=0.3)
+        x = torch.randn(6, B, E, generator=gen) * 2
+        h0 = torch.randn(B, H, generator=gen)
+        mask = (torch.rand(B, H, generator=gen) > 0.3).float() / 0.7 if i % 3 == 0 else None
+        out_n, grads_n = _forward_backward(cell, g, x, h0, mask, True, monkeypatch)
+        out_p, grads_p = _forward_backward(cell, g, x, h0, mask, False, monkeypatch)
+        torch.testing.assert_close(out_n, out_p, atol=1e-6, rtol=1e-5)
+        for a, b in zip(grads_n, grads_p):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@needs_native
+def test_native_loop_without_autograd_matches(monkeypatch: pytest.MonkeyPatch) -> None:
+    g = get_named("enas_paper")
+    cell = SharedCell("enas", E, H, num_nodes=12)
+    x = torch.randn(5, B, E)
+    with torch.no_grad():
+        out_n, (h_n, _) = cell(x, None, g)
+        monkeypatch.setattr(enas_mod, "_use_native", lambda t: False)
+        out_p, (h_p, _) = cell(x, None, g)
+    torch.testing.assert_close(out_n, out_p, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(h_n, h_p, atol=1e-6, rtol=1e-5)
+
+
+@needs_native
+def test_native_loop_is_deterministic() -> None:
+    g = get_named("enas_paper")
+    cell = SharedCell("enas", E, H, num_nodes=12)
+    x = torch.randn(4, B, E, requires_grad=True)
+    runs = []
+    for _ in range(2):
+        out, _ = cell(x, None, g)
+        (gx,) = torch.autograd.grad(out.square().sum(), [x])
+        runs.append((out.detach(), gx))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+@needs_native
+def test_native_loop_rejects_a_wrong_buffer_with_a_message() -> None:
+    plan = make_space("enas", 4).compile(make_space("enas", 4).sample(0), None)
+    groups, act1, loose, clip = plan.native_meta()
+    ws = [torch.randn(H, 2 * k * H) for k in plan.sizes]
+    with pytest.raises(RuntimeError, match="out has shape"):
+        native.ops().loop_forward(torch.randn(3, B, 2 * H), torch.randn(B, H), None, torch.randn(H, 2 * H), ws,
+                                  groups, act1, loose, clip, None, None, [], torch.empty(2, B, H))
+
+
+def test_without_a_compiler_the_cell_warns_once_and_runs_the_pytorch_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_compiler() -> None:
+        raise RuntimeError("Error building extension 'enas_rnn_native': g++: not found")
+
+    monkeypatch.setattr(native, "_state", {"tried": False, "ok": False, "reason": None})
+    monkeypatch.setattr(native, "_build", no_compiler)
+    monkeypatch.delenv("ENAS_RNN_NATIVE", raising=False)
+    cell = FixedCell(get_named("enas_paper"), E, H)
+    x = torch.randn(3, B, E, requires_grad=True)
+    with pytest.warns(RuntimeWarning, match="g\\+\\+: not found.*PyTorch loop instead"):
+        out, _ = cell(x, None)
+    out.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once: no second warning
+        cell(x, None)
+    assert not native.available() and "g++: not found" in (native.reason() or "")
+
+
+def test_env_switch_disables_the_native_loop_silently(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(native, "_state", {"tried": False, "ok": False, "reason": None})
+    monkeypatch.setenv("ENAS_RNN_NATIVE", "0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not native.available()
+    assert native.reason() == "disabled by ENAS_RNN_NATIVE=0"
+    with pytest.raises(RuntimeError, match="not available: disabled"):
+        native.ops()
+
+
+def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    # A build killed midway leaves its lock file; torch's loader would wait for it forever.
+    import os
+
+    import torch.utils.cpp_extension as cpp
+
+    calls: list[str] = []
+    monkeypatch.setattr(cpp, "load", lambda **kw: calls.append(kw["build_directory"]))
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    lock = native._build_dir() / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.touch()
+    native._build()
+    assert lock.exists() and calls == [str(lock.parent)]  # fresh: another process may be building
+    os.utime(lock, (0, 0))
+    native._build()
+    assert not lock.exists()
