@@ -130,10 +130,29 @@ class Controller(nn.Module):
 
     @torch.no_grad()
     def draw(self, generator: Optional[torch.Generator] = None, constraint: Optional[Constraint] = None) -> Genotype:
-        """One cell, exactly the one ``sample(1, ...)`` would draw from the same RNG state, without the
-        autograd graph, log-probability or entropy (the shared phase's child: ~1.5x cheaper)."""
-        choices, _, _ = self._run(1, None, generator, constraint, stats=False)
-        return self.space.decode(choices[0].tolist())
+        """One cell, exactly the one ``sample(1, ...)`` would draw from the same RNG state (the same ops
+        on the same values), without the autograd graph, log-probability or entropy, and with the
+        modules' call overhead cut out: the shared phase's child, drawn every window (~2x cheaper)."""
+        lstm, cfg = self.lstm, self.cfg
+        x = self.start
+        h = c = x.new_zeros(1, lstm.hidden_size)  # nn.LSTMCell's state when none is given
+        picks: list[int] = []
+        for i in range(len(self.decisions)):
+            h, c = torch.lstm_cell(x, (h, c), lstm.weight_ih, lstm.weight_hh, lstm.bias_ih, lstm.bias_hh)
+            head = self.heads[i]
+            logits = F.linear(h, head.weight, head.bias) / cfg.temperature  # [1, C_i], as _logits
+            if cfg.tanh_constant:
+                logits = cfg.tanh_constant * torch.tanh(logits)
+            if constraint is not None:
+                mask = constraint(list(picks))
+                if mask is not None:
+                    allow = torch.tensor([mask], dtype=torch.bool, device=logits.device)
+                    logits = logits.masked_fill(~allow, float("-inf"))
+            probs = F.log_softmax(logits, dim=-1).exp()
+            pick = int(torch.multinomial(probs, 1, generator=generator))
+            picks.append(pick)
+            x = self.embeds[i].weight[pick:pick + 1]  # [1, H]: the embedding row
+        return self.space.decode(picks)
 
     def log_prob(self, genotypes: Sequence[Genotype], constraint: Optional[Constraint] = None) -> tuple[Tensor, Tensor]:
         """Log-probability and entropy [B] of given cells (teacher forcing through the same path)."""
