@@ -418,6 +418,215 @@ at::Tensor loop_backward(const at::Tensor& d_out_in, const at::Tensor& h0, const
   return d_h_t;
 }
 
+
+// ============================================================================ the lstm space
+// Straight-line register programs (enas_rnn/spaces/lstm.py::LSTMPlan): registers 0 = c_{t-1},
+// 1..k = the activated xh operands (slot order), then one per program row (SSA). Program rows are
+// (op, dst, a, b) with op an activation code (unary, b < 0) or ADD / MUL.
+enum BinOp : int64_t { ADD = 10, MUL = 11 };
+
+template <int64_t A>
+void act_loop(const float* v, float* y, int64_t n, float clip) {
+  const int64_t W = Vec::size();
+  for (int64_t i = 0; i < n; i += W) {
+    const int64_t m = std::min(W, n - i);
+    act_fwd<A>(Vec::loadu(v + i, m), clip).store(y + i, m);
+  }
+}
+
+// out (=, or += when accumulate) g * act'(v), from y = act(v).
+template <int64_t A>
+void act_grad_loop(const float* g, const float* y, float* out, int64_t n, float clip, bool accumulate) {
+  const int64_t W = Vec::size();
+  for (int64_t i = 0; i < n; i += W) {
+    const int64_t m = std::min(W, n - i);
+    Vec d = act_grad<A>(Vec::loadu(g + i, m), Vec::loadu(y + i, m), clip);
+    if (accumulate) d = d + Vec::loadu(out + i, m);
+    d.store(out + i, m);
+  }
+}
+
+void act_any(int64_t code, const float* v, float* y, int64_t n, float clip) {
+  switch (code) {
+    case IDENTITY: if (v != y) std::memcpy(y, v, sizeof(float) * n); return;
+    case TANH: return act_loop<TANH>(v, y, n, clip);
+    case SIGMOID: return act_loop<SIGMOID>(v, y, n, clip);
+    case RELU: return act_loop<RELU>(v, y, n, clip);
+    case RELU_CLIP: return act_loop<RELU_CLIP>(v, y, n, clip);
+    case CLIP: return act_loop<CLIP>(v, y, n, clip);
+  }
+  TORCH_CHECK(false, "enas_rnn_native: unknown activation code ", code);
+}
+
+void act_grad_any(int64_t code, const float* g, const float* y, float* out, int64_t n, float clip, bool accumulate) {
+  switch (code) {
+    case IDENTITY: return act_grad_loop<IDENTITY>(g, y, out, n, clip, accumulate);
+    case TANH: return act_grad_loop<TANH>(g, y, out, n, clip, accumulate);
+    case SIGMOID: return act_grad_loop<SIGMOID>(g, y, out, n, clip, accumulate);
+    case RELU: return act_grad_loop<RELU>(g, y, out, n, clip, accumulate);
+    case RELU_CLIP: return act_grad_loop<RELU_CLIP>(g, y, out, n, clip, accumulate);
+    case CLIP: return act_grad_loop<CLIP>(g, y, out, n, clip, accumulate);
+  }
+  TORCH_CHECK(false, "enas_rnn_native: unknown activation code ", code);
+}
+
+struct Row {
+  int64_t op, dst, a, b;
+};
+
+std::vector<Row> parse_program(const std::vector<int64_t>& prog, int64_t num_regs, int64_t k) {
+  TORCH_CHECK(prog.size() % 4 == 0, "enas_rnn_native: truncated program");
+  std::vector<Row> rows;
+  for (size_t i = 0; i < prog.size(); i += 4) {
+    Row r{prog[i], prog[i + 1], prog[i + 2], prog[i + 3]};
+    const bool binary = r.op == ADD || r.op == MUL;
+    TORCH_CHECK(r.dst > k && r.dst < num_regs && r.a >= 0 && r.a < r.dst && (binary ? (r.b >= 0 && r.b < r.dst) : r.b < 0),
+                "enas_rnn_native: bad program row ", i / 4);
+    rows.push_back(r);
+  }
+  return rows;
+}
+
+// Forward of an lstm-space plan. xp [T, B, kH]: x_t's part of the k live maps, bias folded in.
+// Fills out [T, B, H] (h_t) and c_last [B, H]; with R given, every step's registers R [T, NR, B, H].
+void lstm_forward(const at::Tensor& xp, const at::Tensor& h0, const at::Tensor& c0, const c10::optional<at::Tensor>& mask,
+                  const at::Tensor& w_rec, std::vector<int64_t> slot_acts, std::vector<int64_t> prog, int64_t num_regs,
+                  int64_t h_reg, int64_t c_reg, double clip_d, const c10::optional<at::Tensor>& R_opt,
+                  const at::Tensor& out, const at::Tensor& c_last) {
+  check_f32_cpu(xp, "xp");
+  check_f32_cpu(h0, "h0");
+  check_f32_cpu(c0, "c0");
+  const int64_t T = xp.size(0), B = xp.size(1), H = h0.size(-1), BH = B * H, k = slot_acts.size();
+  TORCH_CHECK(k > 0 && xp.sizes() == at::IntArrayRef({T, B, k * H}), "enas_rnn_native: xp must be [T, B, kH], k > 0");
+  TORCH_CHECK(w_rec.scalar_type() == at::kFloat && w_rec.sizes() == at::IntArrayRef({H, k * H}), "enas_rnn_native: bad w_rec");
+  TORCH_CHECK(!mask.has_value() || (mask->scalar_type() == at::kFloat && mask->sizes() == at::IntArrayRef({B, H})),
+              "enas_rnn_native: mask must be float32 [B, H]");
+  TORCH_CHECK(h_reg > k && h_reg < num_regs && c_reg > k && c_reg < num_regs, "enas_rnn_native: bad output registers");
+  const auto rows = parse_program(prog, num_regs, k);
+  const bool keep = R_opt.has_value();
+  if (keep) check_buffer(*R_opt, {T, num_regs, B, H}, "R");
+  check_buffer(out, {T, B, H}, "out");
+  check_buffer(c_last, {B, H}, "c_last");
+  const float clip = static_cast<float>(clip_d);
+  auto opts = xp.options();
+  at::Tensor scratch = at::empty({keep ? 1 : num_regs, B, H}, opts), G_t = at::empty({B, k * H}, opts);
+  at::Tensor hm_t = at::empty({B, H}, opts);
+  const at::Tensor maskc = mask.has_value() ? mask->contiguous() : at::Tensor();
+  const at::Tensor wc = w_rec.contiguous();
+  const float* mp = mask.has_value() ? maskc.data_ptr<float>() : nullptr;
+  const float *xpp = xp.data_ptr<float>(), *wp = wc.data_ptr<float>(), *h0p = h0.data_ptr<float>();
+  float *G = G_t.data_ptr<float>(), *hm = hm_t.data_ptr<float>(), *o = out.data_ptr<float>();
+  float* rk = keep ? R_opt->data_ptr<float>() : nullptr;
+  const float* c_prev = c0.data_ptr<float>();
+  for (int64_t t = 0; t < T; ++t) {
+    float* R = keep ? rk + t * num_regs * BH : scratch.data_ptr<float>();
+    if (R != c_prev) std::memmove(R, c_prev, sizeof(float) * BH);  // register 0 = c_{t-1}
+    const float* hp = t > 0 ? o + (t - 1) * BH : h0p;
+    const float* h_in = hp;
+    if (mp != nullptr) {
+      mul(hp, mp, hm, BH);
+      h_in = hm;
+    }
+    // [B, kH] = xp_t + h_in @ W_rec: the h_{t-1} part of all k live maps in one GEMM.
+    std::memcpy(G, xpp + t * B * k * H, sizeof(float) * B * k * H);
+    gemm(B, k * H, H, h_in, H, wp, k * H, 1.0f, G, k * H);
+    for (int64_t j = 0; j < k; ++j)
+      for (int64_t b = 0; b < B; ++b) act_any(slot_acts[j], G + (b * k + j) * H, R + (1 + j) * BH + b * H, H, clip);
+    for (const Row& r : rows) {
+      float* d = R + r.dst * BH;
+      const float* a = R + r.a * BH;
+      if (r.op == ADD || r.op == MUL) {
+        const float* bb = R + r.b * BH;
+        const int64_t W = Vec::size();
+        for (int64_t i = 0; i < BH; i += W) {
+          const int64_t m = std::min(W, BH - i);
+          const Vec x = Vec::loadu(a + i, m), y = Vec::loadu(bb + i, m);
+          (r.op == ADD ? x + y : x * y).store(d + i, m);
+        }
+      } else {
+        act_any(r.op, a, d, BH, clip);
+      }
+    }
+    std::memcpy(o + t * BH, R + h_reg * BH, sizeof(float) * BH);
+    if (keep) {
+      c_prev = R + c_reg * BH;
+    } else {  // the next step overwrites the registers: keep c_t in register 0's place first
+      std::memmove(R, R + c_reg * BH, sizeof(float) * BH);
+      c_prev = R;
+    }
+  }
+  std::memcpy(c_last.data_ptr<float>(), c_prev, sizeof(float) * BH);
+}
+
+// The reverse loop over the forward's registers R. Writes dPre [T, B, kH] (the gradient of the k
+// maps' pre-activations: the hoisted GEMM's and W_rec's gradients are one GEMM each over the window,
+// done by the caller) and returns (dL/dh0, dL/dc0).
+std::vector<at::Tensor> lstm_backward(const at::Tensor& d_out_in, const at::Tensor& d_c_in, const c10::optional<at::Tensor>& mask,
+                                      const at::Tensor& w_rec, std::vector<int64_t> slot_acts, std::vector<int64_t> prog,
+                                      int64_t num_regs, int64_t h_reg, int64_t c_reg, double clip_d, const at::Tensor& R,
+                                      const at::Tensor& dPre) {
+  const at::Tensor d_out = d_out_in.contiguous(), d_c_last = d_c_in.contiguous();
+  check_f32_cpu(d_out, "d_out");
+  check_f32_cpu(d_c_last, "d_c");
+  const int64_t T = d_out.size(0), B = d_out.size(1), H = d_out.size(2), BH = B * H, k = slot_acts.size();
+  TORCH_CHECK(k > 0 && w_rec.sizes() == at::IntArrayRef({H, k * H}), "enas_rnn_native: bad w_rec");
+  TORCH_CHECK(!mask.has_value() || (mask->scalar_type() == at::kFloat && mask->sizes() == at::IntArrayRef({B, H})),
+              "enas_rnn_native: mask must be float32 [B, H]");
+  check_buffer(R, {T, num_regs, B, H}, "R");
+  check_buffer(dPre, {T, B, k * H}, "dPre");
+  TORCH_CHECK(d_c_last.sizes() == at::IntArrayRef({B, H}), "enas_rnn_native: d_c must be [B, H]");
+  const auto rows = parse_program(prog, num_regs, k);
+  const float clip = static_cast<float>(clip_d);
+  auto opts = R.options();
+  const at::Tensor wt = w_rec.t().contiguous();  // [kH, H]
+  const at::Tensor maskc = mask.has_value() ? mask->contiguous() : at::Tensor();
+  const float *wtp = wt.data_ptr<float>(), *mp = mask.has_value() ? maskc.data_ptr<float>() : nullptr;
+  at::Tensor dR_t = at::empty({num_regs, B, H}, opts), dh_t = at::zeros({B, H}, opts), tmp_t = at::empty({B, H}, opts);
+  at::Tensor dc_t = d_c_last.clone();
+  float *dR = dR_t.data_ptr<float>(), *dh = dh_t.data_ptr<float>(), *dc = dc_t.data_ptr<float>(), *tmp = tmp_t.data_ptr<float>();
+  const float* dop = d_out.data_ptr<float>();
+  const float* rp = R.data_ptr<float>();
+  float* dp = dPre.data_ptr<float>();
+  const int64_t W = Vec::size();
+  for (int64_t t = T - 1; t >= 0; --t) {
+    const float* Rt = rp + t * num_regs * BH;
+    std::memset(dR, 0, sizeof(float) * num_regs * BH);  // a register may be read by several rows
+    for (int64_t i = 0; i < BH; i += W) {
+      const int64_t m = std::min(W, BH - i);
+      (Vec::loadu(dh + i, m) + Vec::loadu(dop + t * BH + i, m) + Vec::loadu(dR + h_reg * BH + i, m)).store(dR + h_reg * BH + i, m);
+      (Vec::loadu(dc + i, m) + Vec::loadu(dR + c_reg * BH + i, m)).store(dR + c_reg * BH + i, m);
+    }
+    for (auto it = rows.rbegin(); it != rows.rend(); ++it) {
+      const Row& r = *it;
+      const float* g = dR + r.dst * BH;
+      if (r.op == ADD || r.op == MUL) {
+        float *da = dR + r.a * BH, *db = dR + r.b * BH;
+        const float *a = Rt + r.a * BH, *bb = Rt + r.b * BH;
+        for (int64_t i = 0; i < BH; i += W) {  // a == b works: the two updates run one after the other
+          const int64_t m = std::min(W, BH - i);
+          const Vec d = Vec::loadu(g + i, m);
+          (Vec::loadu(da + i, m) + (r.op == ADD ? d : d * Vec::loadu(bb + i, m))).store(da + i, m);
+          (Vec::loadu(db + i, m) + (r.op == ADD ? d : d * Vec::loadu(a + i, m))).store(db + i, m);
+        }
+      } else {
+        act_grad_any(r.op, g, Rt + r.dst * BH, dR + r.a * BH, BH, clip, true);
+      }
+    }
+    std::memcpy(dc, dR, sizeof(float) * BH);  // dL/dc_{t-1}
+    float* dpt = dp + t * B * k * H;  // [B, kH]
+    for (int64_t j = 0; j < k; ++j)
+      for (int64_t b = 0; b < B; ++b)
+        act_grad_any(slot_acts[j], dR + (1 + j) * BH + b * H, Rt + (1 + j) * BH + b * H, dpt + (b * k + j) * H, H, clip, false);
+    if (mp != nullptr) {  // dL/dh_{t-1} = (dPre_t @ W_rec^T) * mask
+      gemm(B, H, k * H, dpt, k * H, wtp, H, 0.0f, tmp, H);
+      mul(tmp, mp, dh, BH);
+    } else {
+      gemm(B, H, k * H, dpt, k * H, wtp, H, 0.0f, dh, H);
+    }
+  }
+  return {dh_t, dc_t};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(enas_rnn_native, m) {
@@ -425,6 +634,12 @@ TORCH_LIBRARY(enas_rnn_native, m) {
         "int[] loose, float clip, Tensor(a!)? S, Tensor(b!)? P1, Tensor(c!)[] Ps, Tensor(d!) out) -> ()");
   m.def("loop_backward(Tensor d_out, Tensor h0, Tensor? mask, Tensor w1, Tensor[] ws, int[] meta, int act1, "
         "int[] loose, float clip, Tensor S, Tensor out, Tensor(a!) P1, Tensor(b!)[] Ps) -> Tensor");
+  m.def("lstm_forward(Tensor xp, Tensor h0, Tensor c0, Tensor? mask, Tensor w_rec, int[] slot_acts, int[] prog, "
+        "int num_regs, int h_reg, int c_reg, float clip, Tensor(a!)? R, Tensor(b!) out, Tensor(c!) c_last) -> ()");
+  m.def("lstm_backward(Tensor d_out, Tensor d_c, Tensor? mask, Tensor w_rec, int[] slot_acts, int[] prog, "
+        "int num_regs, int h_reg, int c_reg, float clip, Tensor R, Tensor(a!) dPre) -> Tensor[]");
   m.impl("loop_forward", c10::DispatchKey::CPU, TORCH_FN(loop_forward));
+  m.impl("lstm_forward", c10::DispatchKey::CPU, TORCH_FN(lstm_forward));
+  m.impl("lstm_backward", c10::DispatchKey::CPU, TORCH_FN(lstm_backward));
   m.impl("loop_backward", c10::DispatchKey::CPU, TORCH_FN(loop_backward));
 }

@@ -23,6 +23,7 @@ Weight banks (a row is one (node, operand slot)): ``w_x [E, S, H]``, ``w_h [H, S
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -34,6 +35,7 @@ from typing import Any, ClassVar, NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
+import enas_rnn.native as native
 from enas_rnn.genotype import (
     CellAnalysis,
     Genotype,
@@ -46,6 +48,7 @@ from enas_rnn.genotype import (
 from enas_rnn.kernels import (
     ACTIVATIONS,
     GROUP_ORDER,
+    POOL,
     ZERO_PRESERVING,
     Op,
     act_bound,
@@ -233,6 +236,78 @@ def compile_lstm(g: Genotype, clip: Optional[float]) -> LSTMPlan:
     )
 
 
+@functools.lru_cache(maxsize=4096)
+def _native_meta(plan: LSTMPlan) -> tuple[list[int], list[int]]:
+    """The plan as ``enas_rnn.native``'s lstm loop reads it: one activation code per live xh slot, and
+    the program as flat (op code, dst, a, b) rows (add = 10, mul = 11)."""
+    slot_acts = [native.ACT_CODES[None if op is None else op.name] for op, n in plan.groups for _ in range(n)]
+    prog: list[int] = []
+    for op, dst, a, b in plan.program:
+        code = {"add": 10, "mul": 11}.get(op.name, None)
+        prog += [native.ACT_CODES[op.name] if code is None else code, dst, a, b]
+    return slot_acts, prog
+
+
+def _use_native(plan: LSTMPlan, x: Tensor) -> bool:
+    """The C++ loop runs float32 CPU cells that read xh (every useful one), outside torch.compile."""
+    return (bool(plan.keys) and x.device.type == "cpu" and x.dtype == torch.float32
+            and not torch.compiler.is_compiling() and native.available())
+
+
+def _native_run(plan: LSTMPlan, xp: Tensor, h0: Tensor, c0: Tensor, mask: Optional[Tensor], w_rec: Tensor,
+                clip: Optional[float], keep: bool) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    T, B = xp.shape[0], xp.shape[1]
+    H = h0.shape[-1]
+    slot_acts, prog = _native_meta(plan)
+    R = POOL.empty((T, plan.num_regs, B, H), xp.dtype, xp.device) if keep else None
+    out, c_last = xp.new_empty(T, B, H), xp.new_empty(B, H)
+    native.ops().lstm_forward(xp, h0.contiguous(), c0.contiguous(), mask, w_rec, slot_acts, prog, plan.num_regs,
+                              plan.h_reg, plan.c_reg, 0.0 if clip is None else float(clip), R, out, c_last)
+    return out, c_last, R
+
+
+class _LSTMLoop(torch.autograd.Function):
+    """An lstm-space plan's time loop in C++ with a hand-written backward (float32, CPU).
+
+    Forward keeps every step's registers R [T, NR, B, H]; backward runs the program in reverse per
+    step (``enas_rnn/native/enas_loop.cpp``) and returns dPre [T, B, kH], the gradient of the k maps'
+    pre-activations, from which x_t's part (autograd, outside) and W_rec's gradient (one GEMM over the
+    window, here) follow. Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, plan: LSTMPlan, clip: Optional[float], xp: Tensor, h0: Tensor, c0: Tensor,
+                mask: Optional[Tensor], w_rec: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        out, c_last, R = _native_run(plan, xp, h0, c0, mask, w_rec, clip, keep=True)
+        ctx.plan, ctx.clip = plan, clip
+        ctx.save_for_backward(h0, mask, w_rec, out, R)
+        return out, c_last
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, d_out: Optional[Tensor], d_c: Optional[Tensor]) -> tuple[Optional[Tensor], ...]:  # type: ignore[override]
+        plan: LSTMPlan = ctx.plan
+        h0, mask, w_rec, out, R = ctx.saved_tensors
+        T, B, H = out.shape
+        d_out = torch.zeros_like(out) if d_out is None else d_out
+        d_c = torch.zeros_like(h0) if d_c is None else d_c
+        slot_acts, prog = _native_meta(plan)
+        dPre = POOL.empty((T, B, len(slot_acts) * H), out.dtype, out.device)
+        d_h0, d_c0 = native.ops().lstm_backward(d_out, d_c, mask, w_rec, slot_acts, prog, plan.num_regs, plan.h_reg,
+                                                plan.c_reg, 0.0 if ctx.clip is None else float(ctx.clip), R, dPre)
+        need = ctx.needs_input_grad
+        d_w = None
+        if need[6]:
+            h_in = POOL.empty((T, B, H), out.dtype, out.device)  # h_{t-1} for every t, masked
+            h_in[0].copy_(h0)
+            h_in[1:].copy_(out[:-1])
+            if mask is not None:
+                h_in.mul_(mask)
+            d_w = h_in.view(T * B, H).t().mm(dPre.view(T * B, -1))  # [H, T*B] x [T*B, kH]
+        return (None, None, dPre if need[2] else None, d_h0 if need[3] else None, d_c0 if need[4] else None,
+                None, d_w)
+
+
 def run_lstm(
     plan: LSTMPlan, weights: tuple[Tensor, ...], x: Tensor, hidden: Hidden, mask: Tensor | None,
     clip: Optional[float] = None,
@@ -250,6 +325,16 @@ def run_lstm(
     T, B, E = x.shape
     h, c = hidden
     H = h.shape[-1]
+    xp = None
+    if T > 0 and _use_native(plan, x) and all(t.dtype == torch.float32 for t in (w_x, w_h, bias, h, c)):
+        # Hoisted x_t part of every live xh map, bias folded in (autograd): [T*B, E] x [E, kH] -> [T, B, kH].
+        xp = torch.addmm(bias, x.reshape(T * B, E), w_x).view(T, B, -1)
+    if xp is not None and xp.dtype == torch.float32:  # not under autocast (half-precision GEMMs)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (xp, h, c, w_h)):
+            out, c_last = _LSTMLoop.apply(plan, clip, xp, h, c, mask, w_h)
+        else:
+            out, c_last, _ = _native_run(plan, xp, h, c, mask, w_h, clip, keep=False)
+        return out, (out[-1], c_last)
     if plan.keys:
         # Hoisted x_t part of every live xh map, bias folded in: [T*B, E] x [E, kH] -> T x [B, kH].
         xp, w_rec, tape = hoist(x.reshape(T * B, E), w_x, bias, w_h, T, B)
