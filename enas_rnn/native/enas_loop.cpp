@@ -1,16 +1,22 @@
-// The enas cell's time loop (forward, and the backward's reverse loop) in C++, for float32 on the
-// CPU. Same algorithm as enas_rnn/spaces/enas.py (_loop_forward / _reverse_loop), which stays the
-// reference and the path for every other dtype and device: per step and parent group ONE GEMM and
-// ONE fused elementwise pass (sigmoid, the activation, the highway lerp) instead of ~9 PyTorch
-// kernels each called from Python (~8 us per call; at H = 256 a window ran ~3,000 of them). The
-// GEMMs go straight to the BLAS torch links (sgemm_), so a step has no dispatcher call either.
-// Layout for backward: per step and group the pre-activation buffer P[t] is overwritten in place
-// with (g | f) and the parents' states are kept node-major (S [N, T, B, H]); the reverse loop turns
-// P into the pre-activations' gradients, ready for the weights' one-GEMM-per-window gradient. The
-// activations use ATen's vectorised kernels (at::vec::Vectorized, SLEEF), so values agree with the
-// PyTorch loop to float rounding (tests/test_native.py).
+// The cells' time loops (forward, and the backward's reverse loop) in C++, for float32 on the CPU.
 //
-// Registered as torch.ops.enas_rnn_native.{loop_forward, loop_backward}; built on first use by
+// enas space: same algorithm as enas_rnn/spaces/enas.py (_loop_forward / _reverse_loop): per step
+// and parent group ONE GEMM and ONE fused elementwise pass (sigmoid, the activation, the highway
+// lerp) instead of ~9 PyTorch kernels each called from Python (~8 us per call; at H = 256 a window
+// ran ~3,000 of them). Layout for backward: per step and group the pre-activation buffer P[t] is
+// overwritten in place with (g | f) and the parents' states are kept node-major (S [N, T, B, H]);
+// the reverse loop turns P into the pre-activations' gradients, ready for the weights'
+// one-GEMM-per-window gradient.
+// lstm space: the plan's straight-line register program (enas_rnn/spaces/lstm.py::run_lstm), every
+// step's registers kept for the reverse program.
+//
+// The GEMMs go straight to the BLAS torch links (sgemm_), so a step has no dispatcher call either.
+// The activations use ATen's vectorised kernels (at::vec::Vectorized, SLEEF), so values agree with
+// the PyTorch loops, which stay the reference and the path for every other dtype and device, to
+// float rounding (tests/test_native.py).
+//
+// Registered as torch.ops.enas_rnn_native.{loop_forward, loop_backward, lstm_forward, lstm_backward};
+// built on first use by
 // enas_rnn/native/__init__.py (torch.utils.cpp_extension.load).
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)

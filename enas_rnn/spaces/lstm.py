@@ -320,6 +320,9 @@ def run_lstm(
                        +-- addmm --> pre [B, kH] --split by group--> tanh [B, H] | sigmoid [B, 3H]
         h_{t-1} @ W_h -+                                               split(H) -> k x [B, H] operands
         registers: c_{t-1}, operands, act(node) values, node values -> program -> (h_t, c_t)
+
+    For float32 on the CPU the loop runs in C++ (:class:`_LSTMLoop`, ``enas_rnn.native``); this
+    autograd loop is the reference and the path for other dtypes, devices, autocast and compile.
     """
     w_x, w_h, bias = weights
     T, B, E = x.shape
