@@ -46,17 +46,18 @@ def _forward_backward(cell: SharedCell, g: Genotype, x: Tensor, h0: Tensor, mask
 @needs_native
 @pytest.mark.parametrize("clip", [None, 25.0, 0.2])  # 0.2: the guard's clamps act
 def test_native_loop_matches_pytorch_loop(clip: float | None, monkeypatch: pytest.MonkeyPatch) -> None:
-    # init_range 0.3: a contractive cell, so rounding differences are not amplified step after step
+    # init_range 0.1: contractive cells, so rounding differences are not amplified step after step
     # (with 0.8 and no guard some cells are chaotic at H = 37 and 1e-7 grows 10x per step).
+    torch.manual_seed(0)
     sp = make_space("enas", 8)
-    cell = SharedCell(sp, E, H, state_clip=clip, init_range=0.3)
+    cell = SharedCell(sp, E, H, state_clip=clip, init_range=0.1)
     gen = torch.Generator().manual_seed(0)
     genotypes = [sp.sample(seed) for seed in range(12)]
     if clip == 25.0:
         genotypes.append(get_named("enas_paper"))  # 12 nodes: 6 groups, runs of two activations
     for i, g in enumerate(genotypes):
         if g.num_nodes != 8:
-            cell = SharedCell(make_space("enas", g.num_nodes), E, H, state_clip=clip, init_range=0.3)
+            cell = SharedCell(make_space("enas", g.num_nodes), E, H, state_clip=clip, init_range=0.1)
         x = torch.randn(6, B, E, generator=gen) * 2
         h0 = torch.randn(B, H, generator=gen)
         mask = (torch.rand(B, H, generator=gen) > 0.3).float() / 0.7 if i % 3 == 0 else None
@@ -153,6 +154,13 @@ def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(monkeypatch: pytest.
 
 
 # ============================================================================ the lstm space
+def _assert_near(a: Tensor, b: Tensor, tol: float) -> None:
+    """|a - b| <= tol |b| in norm: rounding may move a single element across a relu/clamp boundary
+    (its gradient then flips between 0 and g), which an elementwise check would call a failure."""
+    err, ref = torch.linalg.vector_norm(a - b).item(), torch.linalg.vector_norm(b).item()
+    assert err <= tol * ref + 1e-6, f"relative error {err / max(ref, 1e-12):.2e} > {tol:.0e}"
+
+
 def _lstm_forward_backward(cell: SharedCell, g: Genotype, x: Tensor, h0: Tensor, c0: Tensor, mask: Tensor | None,
                            use_native: bool, monkeypatch: pytest.MonkeyPatch):
     with monkeypatch.context() as m:
@@ -173,8 +181,9 @@ def _lstm_forward_backward(cell: SharedCell, g: Genotype, x: Tensor, h0: Tensor,
 @needs_native
 @pytest.mark.parametrize("clip", [None, 25.0, 0.2])
 def test_native_lstm_loop_matches_autograd_loop(clip: float | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
     sp = make_space("lstm", 6)
-    cells = {n: SharedCell(make_space("lstm", n), E, H, state_clip=clip, init_range=0.3) for n in (4, 6)}
+    cells = {n: SharedCell(make_space("lstm", n), E, H, state_clip=clip, init_range=0.1) for n in (4, 6)}
     gen = torch.Generator().manual_seed(0)
     genotypes = [get_named("lstm")] + [sp.sample(seed) for seed in range(15)]
     compared = 0
@@ -190,18 +199,17 @@ def test_native_lstm_loop_matches_autograd_loop(clip: float | None, monkeypatch:
         if not all(torch.isfinite(t).all() for t in (out_p, c_p, *grads_p)):
             continue  # without the guard some cells overflow in both loops: nothing to compare
         compared += 1
-        torch.testing.assert_close(out_n, out_p, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(c_n, c_p, atol=1e-5, rtol=1e-5)
+        _assert_near(out_n, out_p, 1e-5)
+        _assert_near(c_n, c_p, 1e-5)
         for a, b in zip(grads_n, grads_p):
-            # rtol 1e-3: these cells reach |grad| ~ 1e2 - 1e3 (states up to the guard), where summation order shows
-            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+            _assert_near(a, b, 1e-4)
     assert compared >= 12
 
 
 @needs_native
 def test_native_lstm_loop_without_autograd_matches(monkeypatch: pytest.MonkeyPatch) -> None:
     sp = make_space("lstm", 6)
-    cell = SharedCell(sp, E, H, init_range=0.3)
+    cell = SharedCell(sp, E, H, init_range=0.1)
     x = torch.randn(4, B, E)
     for seed in range(6):
         g = sp.sample(seed)
