@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Optional, Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from enas_rnn.cells import CellConfig, build_cell
 from enas_rnn.errors import ConfigError
 from enas_rnn.genotype import Genotype
+from enas_rnn.kernels import POOL
 from enas_rnn.spaces import SearchSpace
 
 
@@ -145,8 +147,8 @@ class RNNLM(nn.Module):
     def init_hidden(self, batch_size: int) -> list[Hidden]:
         return [core.init_hidden(batch_size) for core in self.cores]
 
-    def forward(self, tokens: Tensor, hidden: list[Hidden], **core_kwargs: Any) -> tuple[Tensor, list[Hidden]]:
-        """tokens [T, B] -> logits [T, B, V], new hidden (one entry per layer)."""
+    def features(self, tokens: Tensor, hidden: list[Hidden], **core_kwargs: Any) -> tuple[Tensor, list[Hidden]]:
+        """tokens [T, B] -> the decoder's input [T, B, H] (after the last layer's dropout), new hidden."""
         x = embedding_dropout(self.embedding, tokens, self.cfg.dropout_emb, self.training)  # [T, B, E]
         x = self.drop(x, self.cfg.dropout_in)
         new_hidden = []
@@ -154,7 +156,76 @@ class RNNLM(nn.Module):
             x, h = core(x, h, **core_kwargs)  # [T, B, H]
             x = self.drop(x, self.cfg.dropout_out)
             new_hidden.append(h)
+        return x, new_hidden
+
+    def forward(self, tokens: Tensor, hidden: list[Hidden], **core_kwargs: Any) -> tuple[Tensor, list[Hidden]]:
+        """tokens [T, B] -> logits [T, B, V], new hidden (one entry per layer)."""
+        x, new_hidden = self.features(tokens, hidden, **core_kwargs)
         return self.decoder(x), new_hidden
+
+    def loss(self, tokens: Tensor, target: Tensor, hidden: list[Hidden], **core_kwargs: Any) -> tuple[Tensor, list[Hidden]]:
+        """Mean cross-entropy per token of predicting ``target`` [T, B] from ``tokens`` [T, B], new hidden.
+
+        The same number as ``F.cross_entropy(forward(...)[0])`` (to float rounding) without the
+        logits as a tensor of their own on the CPU (:func:`linear_cross_entropy`)."""
+        x, new_hidden = self.features(tokens, hidden, **core_kwargs)
+        H = x.size(-1)
+        return linear_cross_entropy(x.reshape(-1, H), self.decoder.weight, self.decoder.bias, target.reshape(-1)), new_hidden
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """mean_i CE(x_i W^T + b, y_i) with the logits, then the softmax, then dL/dlogits held in ONE
+    pooled [N, V] buffer (``enas_rnn.kernels.POOL``) and overwritten in place.
+
+    Why: an LM's logits are its largest tensors ([T*B, V]: 45 MB at T = 35, B = 32, V = 10k);
+    the unfused path makes four of them per step (logits, log-softmax, the NLL's gradient, the
+    log-softmax's), each a fresh mmap that glibc unmaps on free, so each step faults every page in
+    again. Backward: dL/dlogits = (softmax - onehot(y)) / N, written over the softmax.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Optional[Tensor], target: Tensor) -> Tensor:  # type: ignore[override]
+        N, V = x.size(0), weight.size(0)
+        buf = POOL.empty((N, V), x.dtype, x.device)  # [N, V]: logits, then exp(logits - max), then softmax
+        if bias is not None:
+            torch.addmm(bias, x, weight.t(), out=buf)
+        else:
+            torch.mm(x, weight.t(), out=buf)
+        picked = buf.gather(1, target.unsqueeze(1))  # [N, 1]: the targets' logits
+        top = buf.amax(1, keepdim=True)  # [N, 1]
+        buf.sub_(top).exp_()
+        total = buf.sum(1, keepdim=True)  # [N, 1]
+        loss = (total.log() + top - picked).mean()  # log-sum-exp minus the target's logit
+        if any(ctx.needs_input_grad[:3]):
+            ctx.softmax = buf.div_(total)
+            ctx.save_for_backward(x, weight, target)
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Optional[Tensor], ...]:  # type: ignore[override]
+        p = ctx.softmax
+        if p is None:
+            raise RuntimeError("linear_cross_entropy: backward ran twice through the same graph; its softmax "
+                               "buffer was consumed by the first (compute the loss again instead of retain_graph=True)")
+        ctx.softmax = None
+        x, weight, target = ctx.saved_tensors
+        N = p.size(0)
+        p.scatter_add_(1, target.unsqueeze(1), p.new_full((N, 1), -1.0))  # softmax - onehot(y), in place
+        scale = grad / N
+        dx = torch.mm(p, weight).mul_(scale) if ctx.needs_input_grad[0] else None  # [N, H]
+        dw = torch.mm(p.t(), x * scale) if ctx.needs_input_grad[1] else None  # [V, H]
+        db = p.sum(0).mul_(scale) if ctx.needs_input_grad[2] else None  # [V]
+        return dx, dw, db, None
+
+
+def linear_cross_entropy(x: Tensor, weight: Tensor, bias: Optional[Tensor], target: Tensor) -> Tensor:
+    """``F.cross_entropy(F.linear(x, weight, bias), target)`` (mean over rows): x [N, H], weight [V, H],
+    target [N]. Float32 on the CPU it runs :class:`_LinearCrossEntropy` (no logits tensor of its own;
+    the gradient through a graph can be taken once); other dtypes, devices and autocast the two ops."""
+    if x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and (bias is None or bias.dtype == x.dtype) \
+            and not torch.is_autocast_enabled("cpu"):
+        return _LinearCrossEntropy.apply(x, weight, bias, target)
+    return F.cross_entropy(F.linear(x, weight, bias), target)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -21,12 +21,11 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from enas_rnn.corpus import DataConfig, get_batch, sample_seq_len
 from enas_rnn.errors import TrainingDiverged
-from enas_rnn.model import Hidden, detach_hidden
+from enas_rnn.model import RNNLM, Hidden, detach_hidden
 
 CoreKwargsFn = Callable[[], dict[str, Any]]
 log = logging.getLogger(__name__)
@@ -90,11 +89,6 @@ class StepResult:
     ok: bool  # False: non-finite loss or gradient, the update was skipped
 
 
-def lm_loss(logits: Tensor, target: Tensor) -> Tensor:
-    """Mean cross-entropy per token; logits [T, B, V], target [T, B]."""
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1))  # [T*B, V] vs [T*B]
-
-
 def guarded_step(loss: Tensor, optimizer: torch.optim.Optimizer, params: list[Tensor], clip: float) -> tuple[float, bool]:
     """One optimiser update from ``loss``: backward, clip the global gradient norm to ``clip``
     (Pascanu et al. 2013), and step only when the loss and the norm are finite; otherwise the
@@ -124,7 +118,7 @@ def check_skipped(skipped: int, max_nonfinite: int) -> None:
 
 
 def train_steps(
-    model: nn.Module,
+    model: RNNLM,
     optimizer: torch.optim.Optimizer,
     source: Tensor,
     state: LoopState,
@@ -156,8 +150,7 @@ def train_steps(
             group["lr"] = lr
         inp, target = get_batch(source, state.pos, seq_len)
         kwargs = core_kwargs_fn() if core_kwargs_fn is not None else {}
-        logits, hidden = model(inp, detach_hidden(state.hidden), **kwargs)
-        loss = lm_loss(logits, target)
+        loss, hidden = model.loss(inp, target, detach_hidden(state.hidden), **kwargs)
         loss_value, ok = guarded_step(loss, optimizer, params, cfg.clip)
         if ok:
             state.hidden = hidden
@@ -184,7 +177,7 @@ def train_steps(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module,
+    model: RNNLM,
     source: Tensor,
     bptt: int,
     max_batches: Optional[int] = None,
@@ -201,8 +194,8 @@ def evaluate(
         if max_batches is not None and k >= max_batches:
             break
         inp, target = get_batch(source, i, bptt)
-        logits, hidden = model(inp, hidden, **core_kwargs)
-        total += lm_loss(logits, target).double() * target.numel()
+        loss, hidden = model.loss(inp, target, hidden, **core_kwargs)
+        total += loss.double() * target.numel()
         count += target.numel()
     return float(total) / max(count, 1)
 
@@ -225,7 +218,7 @@ class ScalarLogger:
 
 
 def fit(
-    model: nn.Module,
+    model: RNNLM,
     optimizer: torch.optim.Optimizer,
     train: Tensor,
     valid: Tensor,

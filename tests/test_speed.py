@@ -17,6 +17,7 @@ from torch.nn import functional as F
 from enas_rnn.cells import SharedCell
 from enas_rnn.genotype import Genotype, get_named
 from enas_rnn.kernels import BufferPool, hoist
+from enas_rnn.model import ModelConfig, build_model, linear_cross_entropy
 from enas_rnn.spaces import make_space
 
 E, H, B = 6, 8, 3  # E != H catches transposed weights
@@ -247,3 +248,47 @@ def test_pool_keeps_saved_buffers_of_a_live_graph():
     x.grad = None
     out2.sum().backward()
     torch.testing.assert_close(x.grad, grad1, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_cross_entropy_matches_the_two_ops(bias: bool) -> None:
+    torch.manual_seed(0)
+    N, V = 37, 53
+    x = torch.randn(N, H, requires_grad=True)
+    w = torch.randn(V, H, requires_grad=True)
+    b = torch.randn(V, requires_grad=True) if bias else None
+    y = torch.randint(V, (N,))
+    params = [x, w] + ([b] if bias else [])
+    got = linear_cross_entropy(x, w, b, y)
+    ref = F.cross_entropy(F.linear(x, w, b), y)
+    assert torch.allclose(got, ref, rtol=1e-6, atol=1e-6)
+    for g, r in zip(torch.autograd.grad(got * 2.5, params), torch.autograd.grad(ref * 2.5, params)):
+        assert torch.allclose(g, r, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        assert torch.allclose(linear_cross_entropy(x, w, b, y), ref, rtol=1e-6, atol=1e-6)
+    x64, w64 = x.detach().double(), w.detach().double()  # other dtypes: the two ops themselves
+    b64 = None if b is None else b.detach().double()
+    assert linear_cross_entropy(x64, w64, b64, y).item() == F.cross_entropy(F.linear(x64, w64, b64), y).item()
+
+
+def test_lm_loss_with_tied_weights_matches_the_logits_path() -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(emb_size=H, hidden_size=H, dropout_in=0.0), 40)
+    tokens, target = torch.randint(40, (5, B)), torch.randint(40, (5, B))
+    hidden = model.init_hidden(B)
+    loss, _ = model.loss(tokens, target, hidden)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    logits, _ = model(tokens, hidden)
+    ref = F.cross_entropy(logits.reshape(-1, 40), target.reshape(-1))
+    refs = torch.autograd.grad(ref, list(model.parameters()))
+    assert torch.allclose(loss, ref, rtol=1e-6)
+    for g, r in zip(grads, refs):  # the tied embedding gets both its input and its output gradient
+        assert torch.allclose(g, r, rtol=1e-5, atol=1e-7)
+
+
+def test_linear_cross_entropy_backward_twice_fails_loudly() -> None:
+    x, w = torch.randn(4, H, requires_grad=True), torch.randn(9, H)
+    loss = linear_cross_entropy(x, w, None, torch.tensor([0, 3, 8, 1]))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        loss.backward()

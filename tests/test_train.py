@@ -71,20 +71,18 @@ def _tiny_model() -> torch.nn.Module:
 
 
 def test_nonfinite_steps_are_skipped_and_counted(monkeypatch: pytest.MonkeyPatch) -> None:
-    import enas_rnn.train as train_mod
-
     model = _tiny_model()
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     source = torch.randint(0, 20, (60, 4))
-    real_loss = train_mod.lm_loss
+    real_loss = model.loss
     calls = {"n": 0}
 
-    def sometimes_nan(logits, target):
+    def sometimes_nan(tokens, target, hidden, **kw):
         calls["n"] += 1
-        loss = real_loss(logits, target)
-        return loss * float("nan") if calls["n"] in (2, 3) else loss
+        loss, new_hidden = real_loss(tokens, target, hidden, **kw)
+        return (loss * float("nan") if calls["n"] in (2, 3) else loss), new_hidden
 
-    monkeypatch.setattr(train_mod, "lm_loss", sometimes_nan)
+    monkeypatch.setattr(model, "loss", sometimes_nan)
     state = LoopState(lr=1.0)
     seen, snapshots = [], []
 
@@ -102,7 +100,12 @@ def test_nonfinite_steps_are_skipped_and_counted(monkeypatch: pytest.MonkeyPatch
         assert torch.isfinite(p).all()
     state2 = LoopState(lr=1.0)
     calls["n"] = 0
-    monkeypatch.setattr(train_mod, "lm_loss", lambda lo, t: real_loss(lo, t) * float("inf"))
+
+    def always_inf(tokens, target, hidden, **kw):
+        loss, new_hidden = real_loss(tokens, target, hidden, **kw)
+        return loss * float("inf"), new_hidden
+
+    monkeypatch.setattr(model, "loss", always_inf)
     with pytest.raises(TrainingDiverged, match="max_nonfinite"):
         train_steps(model, opt, source, state2, TrainConfig(max_nonfinite=2), DataConfig(bptt=5))
     assert state2.skipped == 3
