@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import enas_rnn.native as native
 from enas_rnn.cells import CellConfig, build_cell
 from enas_rnn.errors import ConfigError
 from enas_rnn.genotype import Genotype
@@ -191,13 +192,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
             torch.addmm(bias, x, weight.t(), out=buf)
         else:
             torch.mm(x, weight.t(), out=buf)
-        picked = buf.gather(1, target.unsqueeze(1))  # [N, 1]: the targets' logits
-        top = buf.amax(1, keepdim=True)  # [N, 1]
-        buf.sub_(top).exp_()
-        total = buf.sum(1, keepdim=True)  # [N, 1]
-        loss = (total.log() + top - picked).mean()  # log-sum-exp minus the target's logit
-        if any(ctx.needs_input_grad[:3]):
-            ctx.softmax = buf.div_(total)
+        keep = any(ctx.needs_input_grad[:3])
+        if native.available():  # one pass from memory per row instead of five
+            loss = native.ops().softmax_xent_(buf, target, keep).mean()
+        else:
+            picked = buf.gather(1, target.unsqueeze(1))  # [N, 1]: the targets' logits
+            top = buf.amax(1, keepdim=True)  # [N, 1]
+            buf.sub_(top).exp_()
+            total = buf.sum(1, keepdim=True)  # [N, 1]
+            loss = (total.log() + top - picked).mean()  # log-sum-exp minus the target's logit
+            if keep:
+                buf.div_(total)
+        if keep:
+            ctx.softmax = buf
             ctx.save_for_backward(x, weight, target)
         return loss
 

@@ -12,10 +12,12 @@ import warnings
 import pytest
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 from enas_rnn import native
 from enas_rnn.cells import FixedCell, SharedCell
 from enas_rnn.genotype import Genotype, get_named
+from enas_rnn.model import linear_cross_entropy
 from enas_rnn.spaces import enas as enas_mod
 from enas_rnn.spaces import lstm as lstm_mod
 from enas_rnn.spaces import make_space
@@ -113,7 +115,7 @@ def test_without_a_compiler_the_cell_warns_once_and_runs_the_pytorch_loop(monkey
     monkeypatch.delenv("ENAS_RNN_NATIVE", raising=False)
     cell = FixedCell(get_named("enas_paper"), E, H)
     x = torch.randn(3, B, E, requires_grad=True)
-    with pytest.warns(RuntimeWarning, match="g\\+\\+: not found.*PyTorch loop instead"):
+    with pytest.warns(RuntimeWarning, match="g\\+\\+: not found.*PyTorch code instead"):
         out, _ = cell(x, None)
     out.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
@@ -220,3 +222,35 @@ def test_native_lstm_loop_without_autograd_matches(monkeypatch: pytest.MonkeyPat
                 out_p, (h_p, c_p) = cell(x, None, g)
         torch.testing.assert_close(out_n, out_p, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(c_n, c_p, atol=1e-5, rtol=1e-5)
+
+
+@needs_native
+@pytest.mark.parametrize("V", [37, 64])  # 37: the vector loops' scalar tail runs
+def test_native_softmax_xent_matches_log_softmax(V: int) -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(9, V) * 4
+    y = torch.randint(V, (9,))
+    ref = -torch.log_softmax(logits, 1).gather(1, y[:, None]).squeeze(1)
+    for normalize in (True, False):
+        buf = logits.clone()
+        loss = native.ops().softmax_xent_(buf, y, normalize)
+        assert torch.allclose(loss, ref, rtol=1e-6, atol=1e-6)
+        expect = torch.softmax(logits, 1) if normalize else torch.exp(logits - logits.amax(1, keepdim=True))
+        assert torch.allclose(buf, expect, rtol=1e-6, atol=1e-7)
+    bad = logits.clone()
+    bad[2, 5], bad[4, V - 1] = float("nan"), float("inf")  # as ATen: a NaN loss, the step gets skipped
+    loss = native.ops().softmax_xent_(bad, y, True)
+    assert torch.isnan(loss[2]) and torch.isnan(loss[4]) and torch.isfinite(loss[[0, 1, 3]]).all()
+    with pytest.raises(RuntimeError, match="out of range"):
+        native.ops().softmax_xent_(logits.clone(), torch.full((9,), V), True)
+
+
+def test_linear_cross_entropy_without_native_matches(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(native, "available", lambda: False)  # the PyTorch ops' path
+    torch.manual_seed(1)
+    x, w, b = torch.randn(13, H, requires_grad=True), torch.randn(29, H, requires_grad=True), torch.randn(29)
+    y = torch.randint(29, (13,))
+    got, ref = linear_cross_entropy(x, w, b, y), F.cross_entropy(F.linear(x, w, b), y)
+    assert torch.allclose(got, ref, rtol=1e-6)
+    for g, r in zip(torch.autograd.grad(got, [x, w]), torch.autograd.grad(ref, [x, w])):
+        assert torch.allclose(g, r, rtol=1e-5, atol=1e-6)

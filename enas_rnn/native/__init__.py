@@ -1,10 +1,11 @@
-"""Optional C++ kernels: the cells' time loops (enas and lstm space) for float32 on the CPU (``enas_loop.cpp``).
+"""Optional C++ kernels for float32 on the CPU (``enas_loop.cpp``): the cells' time loops (enas and lstm
+space) and the LM loss's in-place softmax (``enas_rnn.model.linear_cross_entropy``).
 
 The source is compiled on first use with ``torch.utils.cpp_extension.load`` (needs a C++ compiler;
 the build is cached under ``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``, one
 folder per torch version, and takes 10-20 s once). When it cannot be built, or ``ENAS_RNN_NATIVE=0`` is set, enas_rnn warns
-once and runs the PyTorch loops in ``enas_rnn.spaces.enas`` / ``.lstm``, which compute the same numbers
-(to float rounding) and stay the path for every other dtype and device.
+once and runs the PyTorch code (the loops in ``enas_rnn.spaces.enas`` / ``.lstm``), which computes the same numbers
+(to float rounding) and stays the path for every other dtype and device.
 """
 
 from __future__ import annotations
@@ -75,8 +76,8 @@ def available() -> bool:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 _state["reason"] = f"could not build enas_rnn/native/enas_loop.cpp ({first})"
                 warnings.warn(
-                    f"enas_rnn: {_state['reason']}; the cells run the PyTorch loop instead (same numbers, "
-                    "slower on the CPU). Install a C++ compiler (g++) to get the fast loop, or set "
+                    f"enas_rnn: {_state['reason']}; the cells' loops and the LM loss run PyTorch code instead "
+                    "(same numbers, slower on the CPU). Install a C++ compiler (g++) to get the fast loop, or set "
                     "ENAS_RNN_NATIVE=0 to silence this.",
                     RuntimeWarning,
                     stacklevel=2,

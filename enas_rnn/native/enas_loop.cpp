@@ -15,7 +15,10 @@
 // the PyTorch loops, which stay the reference and the path for every other dtype and device, to
 // float rounding (tests/test_native.py).
 //
-// Registered as torch.ops.enas_rnn_native.{loop_forward, loop_backward, lstm_forward, lstm_backward};
+// Also the LM loss's in-place softmax (softmax_xent_).
+//
+// Registered as torch.ops.enas_rnn_native.{loop_forward, loop_backward, lstm_forward, lstm_backward,
+// softmax_xent_};
 // built on first use by
 // enas_rnn/native/__init__.py (torch.utils.cpp_extension.load).
 
@@ -29,7 +32,9 @@
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 // Fortran BLAS sgemm from the BLAS torch links (MKL in the x86 wheels): the loop's ~20 GEMMs per
@@ -633,6 +638,61 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& d_out_in, const at::Tens
   return {dh_t, dc_t};
 }
 
+// The LM loss's softmax (enas_rnn.model._LinearCrossEntropy), in place over logits [N, V]: returns
+// loss_i = logsumexp(row_i) - row_i[target_i] and leaves each row as exp(row - max), divided by its
+// sum when normalize (the backward's softmax). One row (40 KB at V = 10k) stays in L2 across the
+// three passes, so the [N, V] buffer is read from memory once (the PyTorch ops read it 5 times).
+at::Tensor softmax_xent_(const at::Tensor& logits, const at::Tensor& target, bool normalize) {
+  check_f32_cpu(logits, "logits");
+  TORCH_CHECK(logits.dim() == 2, "enas_rnn_native: logits must be [N, V]");
+  const int64_t N = logits.size(0), V = logits.size(1);
+  TORCH_CHECK(V > 0, "enas_rnn_native: empty vocabulary");
+  TORCH_CHECK(target.device().is_cpu() && target.scalar_type() == at::kLong && target.is_contiguous() &&
+                  target.dim() == 1 && target.size(0) == N,
+              "enas_rnn_native: target must be a contiguous int64 [N] CPU tensor");
+  at::Tensor loss = at::empty({N}, logits.options());
+  float* lp = loss.data_ptr<float>();
+  float* xp = logits.data_ptr<float>();
+  const int64_t* tp = target.data_ptr<int64_t>();
+  const int64_t W = Vec::size(), Vfull = V - V % W;
+  alignas(64) float lanes[64];
+  for (int64_t r = 0; r < N; ++r) {
+    float* x = xp + r * V;
+    const int64_t y = tp[r];
+    TORCH_CHECK(y >= 0 && y < V, "enas_rnn_native: target ", y, " out of range for ", V, " classes");
+    const float picked = x[y];
+    Vec vmax(-std::numeric_limits<float>::infinity());
+    for (int64_t i = 0; i < Vfull; i += W) vmax = at::vec::maximum(vmax, Vec::loadu(x + i));
+    vmax.store(lanes);
+    float mx = lanes[0];
+    for (int64_t l = 1; l < W; ++l) mx = std::max(mx, lanes[l]);
+    for (int64_t i = Vfull; i < V; ++i) mx = std::max(mx, x[i]);
+    // A NaN or +inf logit makes some exp NaN, hence the sum and the loss NaN (as ATen's).
+    const Vec vm(mx);
+    Vec vsum(0.0f);
+    for (int64_t i = 0; i < Vfull; i += W) {
+      const Vec e = (Vec::loadu(x + i) - vm).exp();
+      e.store(x + i);
+      vsum = vsum + e;
+    }
+    vsum.store(lanes);
+    double total = 0.0;
+    for (int64_t l = 0; l < W; ++l) total += lanes[l];
+    for (int64_t i = Vfull; i < V; ++i) {
+      x[i] = std::exp(x[i] - mx);
+      total += x[i];
+    }
+    const float sum = static_cast<float>(total);
+    lp[r] = std::log(sum) + mx - picked;
+    if (normalize) {
+      const Vec inv(1.0f / sum);
+      for (int64_t i = 0; i < Vfull; i += W) (Vec::loadu(x + i) * inv).store(x + i);
+      for (int64_t i = Vfull; i < V; ++i) x[i] *= 1.0f / sum;
+    }
+  }
+  return loss;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(enas_rnn_native, m) {
@@ -644,7 +704,9 @@ TORCH_LIBRARY(enas_rnn_native, m) {
         "int num_regs, int h_reg, int c_reg, float clip, Tensor(a!)? R, Tensor(b!) out, Tensor(c!) c_last) -> ()");
   m.def("lstm_backward(Tensor d_out, Tensor d_c, Tensor? mask, Tensor w_rec, int[] slot_acts, int[] prog, "
         "int num_regs, int h_reg, int c_reg, float clip, Tensor R, Tensor(a!) dPre) -> Tensor[]");
+  m.def("softmax_xent_(Tensor(a!) logits, Tensor target, bool normalize) -> Tensor");
   m.impl("loop_forward", c10::DispatchKey::CPU, TORCH_FN(loop_forward));
+  m.impl("softmax_xent_", c10::DispatchKey::CPU, TORCH_FN(softmax_xent_));
   m.impl("lstm_forward", c10::DispatchKey::CPU, TORCH_FN(lstm_forward));
   m.impl("lstm_backward", c10::DispatchKey::CPU, TORCH_FN(lstm_backward));
   m.impl("loop_backward", c10::DispatchKey::CPU, TORCH_FN(loop_backward));
