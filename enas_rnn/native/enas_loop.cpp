@@ -29,6 +29,7 @@
 #endif
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
@@ -654,42 +655,45 @@ at::Tensor softmax_xent_(const at::Tensor& logits, const at::Tensor& target, boo
   float* lp = loss.data_ptr<float>();
   float* xp = logits.data_ptr<float>();
   const int64_t* tp = target.data_ptr<int64_t>();
+  for (int64_t r = 0; r < N; ++r)
+    TORCH_CHECK(tp[r] >= 0 && tp[r] < V, "enas_rnn_native: target ", tp[r], " out of range for ", V, " classes");
   const int64_t W = Vec::size(), Vfull = V - V % W;
-  alignas(64) float lanes[64];
-  for (int64_t r = 0; r < N; ++r) {
-    float* x = xp + r * V;
-    const int64_t y = tp[r];
-    TORCH_CHECK(y >= 0 && y < V, "enas_rnn_native: target ", y, " out of range for ", V, " classes");
-    const float picked = x[y];
-    Vec vmax(-std::numeric_limits<float>::infinity());
-    for (int64_t i = 0; i < Vfull; i += W) vmax = at::vec::maximum(vmax, Vec::loadu(x + i));
-    vmax.store(lanes);
-    float mx = lanes[0];
-    for (int64_t l = 1; l < W; ++l) mx = std::max(mx, lanes[l]);
-    for (int64_t i = Vfull; i < V; ++i) mx = std::max(mx, x[i]);
-    // A NaN or +inf logit makes some exp NaN, hence the sum and the loss NaN (as ATen's).
-    const Vec vm(mx);
-    Vec vsum(0.0f);
-    for (int64_t i = 0; i < Vfull; i += W) {
-      const Vec e = (Vec::loadu(x + i) - vm).exp();
-      e.store(x + i);
-      vsum = vsum + e;
+  // Rows are independent: split them over torch's intra-op threads (as ATen's log_softmax does).
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    alignas(64) float lanes[64];
+    for (int64_t r = begin; r < end; ++r) {
+      float* x = xp + r * V;
+      const float picked = x[tp[r]];
+      Vec vmax(-std::numeric_limits<float>::infinity());
+      for (int64_t i = 0; i < Vfull; i += W) vmax = at::vec::maximum(vmax, Vec::loadu(x + i));
+      vmax.store(lanes);
+      float mx = lanes[0];
+      for (int64_t l = 1; l < W; ++l) mx = std::max(mx, lanes[l]);
+      for (int64_t i = Vfull; i < V; ++i) mx = std::max(mx, x[i]);
+      // A NaN or +inf logit makes some exp NaN, hence the sum and the loss NaN (as ATen's).
+      const Vec vm(mx);
+      Vec vsum(0.0f);
+      for (int64_t i = 0; i < Vfull; i += W) {
+        const Vec e = (Vec::loadu(x + i) - vm).exp();
+        e.store(x + i);
+        vsum = vsum + e;
+      }
+      vsum.store(lanes);
+      double total = 0.0;
+      for (int64_t l = 0; l < W; ++l) total += lanes[l];
+      for (int64_t i = Vfull; i < V; ++i) {
+        x[i] = std::exp(x[i] - mx);
+        total += x[i];
+      }
+      const float sum = static_cast<float>(total);
+      lp[r] = std::log(sum) + mx - picked;
+      if (normalize) {
+        const Vec inv(1.0f / sum);
+        for (int64_t i = 0; i < Vfull; i += W) (Vec::loadu(x + i) * inv).store(x + i);
+        for (int64_t i = Vfull; i < V; ++i) x[i] *= 1.0f / sum;
+      }
     }
-    vsum.store(lanes);
-    double total = 0.0;
-    for (int64_t l = 0; l < W; ++l) total += lanes[l];
-    for (int64_t i = Vfull; i < V; ++i) {
-      x[i] = std::exp(x[i] - mx);
-      total += x[i];
-    }
-    const float sum = static_cast<float>(total);
-    lp[r] = std::log(sum) + mx - picked;
-    if (normalize) {
-      const Vec inv(1.0f / sum);
-      for (int64_t i = 0; i < Vfull; i += W) (Vec::loadu(x + i) * inv).store(x + i);
-      for (int64_t i = Vfull; i < V; ++i) x[i] *= 1.0f / sum;
-    }
-  }
+  });
   return loss;
 }
 
