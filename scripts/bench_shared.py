@@ -23,7 +23,10 @@ are not counted), per token:
     enas cell, N nodes:        fwd 2*(E+H)*2H (highway node 1) + (N-1) * 2*H*2H (one edge per node)
     lstm cell, k live xh maps: fwd k * 2*(E+H)*H   (k of the child that ran; nodes are elementwise)
 
-so a shared step costs 3 * tokens * (cell + decoder). The controller step is reported as time per
+so a shared step costs 3 * tokens * (cell + decoder). ``vs_nn_lstm_lm`` is the shared step's tokens/s
+over the nn.LSTM LM's; ``vs_nn_lstm_lm_at_equal_gflops`` is what that ratio would be if both ran their
+GEMM FLOPs at the same rate (the LM's FLOPs per token over the step's): a step can beat it only by
+running its FLOPs faster than nn.LSTM's fused kernel and the shared decoder do. The controller step is reported as time per
 step and tokens/s of the evaluated window (its REINFORCE update is not counted in FLOPs).
 
     python scripts/bench_shared.py --threads 1 --timer cpu
@@ -291,6 +294,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     sgemm_rate: dict[str, float] = {}  # size key -> GFLOP/s
     lstm_tps: dict[str, float] = {}  # size key -> tokens/s of the nn.LSTM LM
+    lstm_fpt: dict[str, float] = {}  # size key -> the nn.LSTM LM's FLOPs per token
+    fpt: dict[str, float] = {}  # variant -> FLOPs per token (mean over the timed calls)
     results: dict[str, dict[str, Any]] = {}
     for v in variants:
         med = statistics.median(v.times)
@@ -303,8 +308,11 @@ def main(argv: list[str] | None = None) -> dict:
         row["sys_ms_per_step"] = round(statistics.median(v.sys) * 1e3, 1)
         if v.name.startswith("sgemm"):
             sgemm_rate[v.name.split()[1]] = row["gflop_per_s"]
+        if v.flops is not None and v.tokens:
+            fpt[v.name] = statistics.fmean(v.work) / v.tokens
         if v.name.startswith("nn.LSTM"):
             lstm_tps[v.name.split()[-1]] = row["tokens_per_s"]
+            lstm_fpt[v.name.split()[-1]] = fpt[v.name]
         results[v.name] = row
     for name, row in results.items():
         key = name.split()[1] if name.startswith("sgemm") else name.split()[-1] if name.startswith("nn.LSTM") \
@@ -313,6 +321,8 @@ def main(argv: list[str] | None = None) -> dict:
             row["share_of_sgemm"] = round(row["gflop_per_s"] / sgemm_rate[key], 3)
         if "shared step" in name:
             row["vs_nn_lstm_lm"] = round(row["tokens_per_s"] / lstm_tps[key], 3)
+            # the ratio this step would have at the nn.LSTM LM's GFLOP/s: FLOPs per token, LSTM / this
+            row["vs_nn_lstm_lm_at_equal_gflops"] = round(lstm_fpt[key] / fpt[name], 3)
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "threads": torch.get_num_threads(),
