@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     screen_slice = scoring_slice(splits.valid, sc.bptt or scfg.data.bptt, sc.batch)
     hc_slice = scoring_slice(splits.valid, scfg.data.bptt, None)  # conf/screen/hidden_cov.yaml
     mm = mcfg.model
+    study_mrs = mcfg.variants["paper"]  # the published setting (conf/mrs.yaml: N = 30, N(0, 1))
     study_slice = scoring_slice(splits.valid, mcfg.score_bptt or mcfg.data.bptt, mcfg.score_batch)
     kw_study = dict(emb_size=mm.emb_size, hidden_size=mm.hidden_size, tie_weights=mm.tie_weights,
                     state_clip=mm.state_clip, init_range=mm.init_range)
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     study_cache = ScoreCache()
     warm = space.sample(torch.Generator().manual_seed(10_000))
     screen_mrs([warm]), screen_hc([warm])
-    mrs_score_genotype(warm, study_slice, vocab, mcfg.mrs, cache=study_cache, **kw_study)
+    mrs_score_genotype(warm, study_slice, vocab, study_mrs, cache=study_cache, **kw_study)
 
     per: dict[str, list[float]] = {k: [] for k in ("mrs_screen", "mrs_study", "hidden_cov", "shared_eval", "train")}
     for g in cells:
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         step = [g] + [space.sample(gen) for _ in range(scfg.screen.candidates - 1)]
         per["mrs_screen"].append(_median_seconds(lambda: screen_mrs(step), 1) / len(step))
         per["mrs_study"].append(_median_seconds(
-            lambda: mrs_score_genotype(g, study_slice, vocab, mcfg.mrs, cache=study_cache, **kw_study), 1))
+            lambda: mrs_score_genotype(g, study_slice, vocab, study_mrs, cache=study_cache, **kw_study), 1))
         per["hidden_cov"].append(_median_seconds(lambda: screen_hc([g]), 1))
         per["shared_eval"].append(_median_seconds(
             lambda: evaluate(supernet, splits.valid, scfg.data.bptt, scfg.search.reward_batches, 0, genotype=g),
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "settings": {
             "mrs_screen": f"N={sc.mrs.samples}, {screen_slice.shape[0] - 1}x{screen_slice.shape[1]} tokens, "
                           f"H={m.hidden_size}, tied={m.tie_weights}",
-            "mrs_study": f"N={mcfg.mrs.samples}, {study_slice.shape[0] - 1}x{study_slice.shape[1]} tokens, H={mm.hidden_size}",
+            "mrs_study": f"N={study_mrs.samples}, {study_slice.shape[0] - 1}x{study_slice.shape[1]} tokens, H={mm.hidden_size}",
             "hidden_cov": f"{hc_slice.shape[0] - 1}x{hc_slice.shape[1]} tokens, H={m.hidden_size}",
             "shared_eval": f"reward_batches={scfg.search.reward_batches} x {scfg.data.bptt}x{scfg.data.eval_batch_size} "
                            f"tokens, H={m.hidden_size} (search experiment={args.search_preset})",
