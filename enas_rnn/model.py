@@ -174,6 +174,27 @@ class RNNLM(nn.Module):
         return linear_cross_entropy(x.reshape(-1, H), self.decoder.weight, self.decoder.bias, target.reshape(-1)), new_hidden
 
 
+def _pooled_xent(x: Tensor, weight: Tensor, bias: Optional[Tensor], target: Tensor, keep: bool) -> tuple[Tensor, Tensor]:
+    """(mean CE, the pooled [N, V] buffer): the logits computed into the buffer, then overwritten in
+    place with exp(logits - max) - and divided by its row sums, the softmax, when ``keep``."""
+    N, V = x.size(0), weight.size(0)
+    buf = POOL.empty((N, V), x.dtype, x.device)  # [N, V]
+    if bias is not None:
+        torch.addmm(bias, x, weight.t(), out=buf)
+    else:
+        torch.mm(x, weight.t(), out=buf)
+    if native.available():  # one pass from memory per row instead of five
+        return native.ops().softmax_xent_(buf, target, keep).mean(), buf
+    picked = buf.gather(1, target.unsqueeze(1))  # [N, 1]: the targets' logits
+    top = buf.amax(1, keepdim=True)  # [N, 1]
+    buf.sub_(top).exp_()
+    total = buf.sum(1, keepdim=True)  # [N, 1]
+    loss = (total.log() + top - picked).mean()  # log-sum-exp minus the target's logit
+    if keep:
+        buf.div_(total)
+    return loss, buf
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """mean_i CE(x_i W^T + b, y_i) with the logits, then the softmax, then dL/dlogits held in ONE
     pooled [N, V] buffer (``enas_rnn.kernels.POOL``) and overwritten in place.
@@ -186,26 +207,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Optional[Tensor], target: Tensor) -> Tensor:  # type: ignore[override]
-        N, V = x.size(0), weight.size(0)
-        buf = POOL.empty((N, V), x.dtype, x.device)  # [N, V]: logits, then exp(logits - max), then softmax
-        if bias is not None:
-            torch.addmm(bias, x, weight.t(), out=buf)
-        else:
-            torch.mm(x, weight.t(), out=buf)
-        keep = any(ctx.needs_input_grad[:3])
-        if native.available():  # one pass from memory per row instead of five
-            loss = native.ops().softmax_xent_(buf, target, keep).mean()
-        else:
-            picked = buf.gather(1, target.unsqueeze(1))  # [N, 1]: the targets' logits
-            top = buf.amax(1, keepdim=True)  # [N, 1]
-            buf.sub_(top).exp_()
-            total = buf.sum(1, keepdim=True)  # [N, 1]
-            loss = (total.log() + top - picked).mean()  # log-sum-exp minus the target's logit
-            if keep:
-                buf.div_(total)
-        if keep:
-            ctx.softmax = buf
-            ctx.save_for_backward(x, weight, target)
+        loss, softmax = _pooled_xent(x, weight, bias, target, keep=True)
+        ctx.softmax = softmax
+        ctx.save_for_backward(x, weight, target)
         return loss
 
     @staticmethod
@@ -231,6 +235,8 @@ def linear_cross_entropy(x: Tensor, weight: Tensor, bias: Optional[Tensor], targ
     the gradient through a graph can be taken once); other dtypes, devices and autocast the two ops."""
     if x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and (bias is None or bias.dtype == x.dtype) \
             and not torch.is_autocast_enabled("cpu"):
+        if not torch.is_grad_enabled():  # evaluation: no softmax to keep for a backward
+            return _pooled_xent(x, weight, bias, target, keep=False)[0]
         return _LinearCrossEntropy.apply(x, weight, bias, target)
     return F.cross_entropy(F.linear(x, weight, bias), target)
 
