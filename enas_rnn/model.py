@@ -241,6 +241,18 @@ def linear_cross_entropy(x: Tensor, weight: Tensor, bias: Optional[Tensor], targ
     return F.cross_entropy(F.linear(x, weight, bias), target)
 
 
+def token_nll(logits: Tensor, target: Tensor) -> Tensor:
+    """Per-row ``-log softmax(logits)[target]`` of logits [N, V] (``F.cross_entropy(..., reduction="none")``).
+
+    On the CPU in float32 without autograd (every training-free score) one C++ pass per row reads
+    the logits (``xent_rows``): no [N, V] log-softmax is written, which for a [340, 10k] slice cost
+    more than the decoder GEMM that made it (a fresh 14 MB block, faulted in on every call)."""
+    if logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.dim() == 2 and logits.stride(1) == 1 \
+            and not (torch.is_grad_enabled() and logits.requires_grad) and native.available():
+        return native.ops().xent_rows(logits, target.contiguous())
+    return F.cross_entropy(logits, target, reduction="none")
+
+
 def count_parameters(model: nn.Module) -> int:
     """Exact number of trainable scalars; tied weights are counted once (parameters() dedups)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -238,9 +238,13 @@ def test_native_softmax_xent_matches_log_softmax(V: int) -> None:
         expect = torch.softmax(logits, 1) if normalize else torch.exp(logits - logits.amax(1, keepdim=True))
         assert torch.allclose(buf, expect, rtol=1e-6, atol=1e-7)
     bad = logits.clone()
-    bad[2, 5], bad[4, V - 1] = float("nan"), float("inf")  # as ATen: a NaN loss, the step gets skipped
-    loss = native.ops().softmax_xent_(bad, y, True)
-    assert torch.isnan(loss[2]) and torch.isnan(loss[4]) and torch.isfinite(loss[[0, 1, 3]]).all()
+    bad[2, 5], bad[4, V - 1] = float("nan"), float("inf")  # a non-finite loss: the step gets skipped
+    for loss in (native.ops().xent_rows(bad, y), native.ops().softmax_xent_(bad.clone(), y, True)):
+        assert not torch.isfinite(loss[[2, 4]]).any() and torch.isfinite(loss[[0, 1, 3]]).all()
+    assert torch.allclose(native.ops().xent_rows(logits, y), ref, rtol=1e-6, atol=1e-6)  # read-only
+    assert torch.allclose(native.ops().xent_rows(logits[:, :-1], y.clamp(max=V - 2)),  # strided rows
+                          -torch.log_softmax(logits[:, :-1], 1).gather(1, y.clamp(max=V - 2)[:, None]).squeeze(1),
+                          rtol=1e-6, atol=1e-6)
     with pytest.raises(RuntimeError, match="out of range"):
         native.ops().softmax_xent_(logits.clone(), torch.full((9,), V), True)
 

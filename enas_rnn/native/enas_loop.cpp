@@ -15,10 +15,10 @@
 // the PyTorch loops, which stay the reference and the path for every other dtype and device, to
 // float rounding (tests/test_native.py).
 //
-// Also the LM loss's in-place softmax (softmax_xent_).
+// Also the LM loss's row softmax / cross-entropy (softmax_xent_, in place; xent_rows, read-only).
 //
 // Registered as torch.ops.enas_rnn_native.{loop_forward, loop_backward, lstm_forward, lstm_backward,
-// softmax_xent_};
+// softmax_xent_, xent_rows};
 // built on first use by
 // enas_rnn/native/__init__.py (torch.utils.cpp_extension.load).
 
@@ -639,14 +639,17 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& d_out_in, const at::Tens
   return {dh_t, dc_t};
 }
 
-// The LM loss's softmax (enas_rnn.model._LinearCrossEntropy), in place over logits [N, V]: returns
-// loss_i = logsumexp(row_i) - row_i[target_i] and leaves each row as exp(row - max), divided by its
-// sum when normalize (the backward's softmax). One row (40 KB at V = 10k) stays in L2 across the
-// three passes, so the [N, V] buffer is read from memory once (the PyTorch ops read it 5 times).
-at::Tensor softmax_xent_(const at::Tensor& logits, const at::Tensor& target, bool normalize) {
-  check_f32_cpu(logits, "logits");
-  TORCH_CHECK(logits.dim() == 2, "enas_rnn_native: logits must be [N, V]");
-  const int64_t N = logits.size(0), V = logits.size(1);
+// Per-row cross-entropy of logits [N, V] against target [N]: loss_i = logsumexp(row_i) - row_i[target_i].
+// WRITE: the rows are overwritten with exp(row - max), divided by the row's sum when normalize (the
+// backward's softmax: enas_rnn.model._LinearCrossEntropy); otherwise the logits are only read
+// (enas_rnn.model.token_nll). A row (40 KB at V = 10k) stays in L2 across its passes, so the [N, V]
+// matrix is read from memory once and no [N, V] temporary exists (ATen's log_softmax writes one).
+template <bool WRITE>
+at::Tensor xent_rows_impl(const at::Tensor& logits, const at::Tensor& target, bool normalize) {
+  TORCH_CHECK(logits.device().is_cpu() && logits.scalar_type() == at::kFloat && logits.dim() == 2 &&
+                  logits.stride(1) == 1 && logits.stride(0) >= logits.size(1),
+              "enas_rnn_native: logits must be a float32 CPU [N, V] tensor with contiguous rows");
+  const int64_t N = logits.size(0), V = logits.size(1), ld = logits.stride(0);
   TORCH_CHECK(V > 0, "enas_rnn_native: empty vocabulary");
   TORCH_CHECK(target.device().is_cpu() && target.scalar_type() == at::kLong && target.is_contiguous() &&
                   target.dim() == 1 && target.size(0) == N,
@@ -662,7 +665,7 @@ at::Tensor softmax_xent_(const at::Tensor& logits, const at::Tensor& target, boo
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     alignas(64) float lanes[64];
     for (int64_t r = begin; r < end; ++r) {
-      float* x = xp + r * V;
+      float* x = xp + r * ld;
       const float picked = x[tp[r]];
       Vec vmax(-std::numeric_limits<float>::infinity());
       for (int64_t i = 0; i < Vfull; i += W) vmax = at::vec::maximum(vmax, Vec::loadu(x + i));
@@ -670,24 +673,28 @@ at::Tensor softmax_xent_(const at::Tensor& logits, const at::Tensor& target, boo
       float mx = lanes[0];
       for (int64_t l = 1; l < W; ++l) mx = std::max(mx, lanes[l]);
       for (int64_t i = Vfull; i < V; ++i) mx = std::max(mx, x[i]);
-      // A NaN or +inf logit makes some exp NaN, hence the sum and the loss NaN (as ATen's).
+      // A NaN or +inf logit makes the row's loss non-finite (inf or NaN; ATen's is NaN): the training
+      // step is skipped and an MRS error counts it as its cap either way.
       const Vec vm(mx);
       Vec vsum(0.0f);
       for (int64_t i = 0; i < Vfull; i += W) {
-        const Vec e = (Vec::loadu(x + i) - vm).exp();
-        e.store(x + i);
+        // exp_u20: ATen's faster exp (error <= 20 ULP; the loss agrees with log_softmax's to ~2e-7,
+        // tests/test_native.py) - the exps are what this loop's time is.
+        const Vec e = (Vec::loadu(x + i) - vm).exp_u20();
+        if constexpr (WRITE) e.store(x + i);
         vsum = vsum + e;
       }
       vsum.store(lanes);
       double total = 0.0;
       for (int64_t l = 0; l < W; ++l) total += lanes[l];
       for (int64_t i = Vfull; i < V; ++i) {
-        x[i] = std::exp(x[i] - mx);
-        total += x[i];
+        const float e = std::exp(x[i] - mx);
+        if constexpr (WRITE) x[i] = e;
+        total += e;
       }
       const float sum = static_cast<float>(total);
       lp[r] = std::log(sum) + mx - picked;
-      if (normalize) {
+      if (WRITE && normalize) {
         const Vec inv(1.0f / sum);
         for (int64_t i = 0; i < Vfull; i += W) (Vec::loadu(x + i) * inv).store(x + i);
         for (int64_t i = Vfull; i < V; ++i) x[i] *= 1.0f / sum;
@@ -695,6 +702,14 @@ at::Tensor softmax_xent_(const at::Tensor& logits, const at::Tensor& target, boo
     }
   });
   return loss;
+}
+
+at::Tensor softmax_xent_(const at::Tensor& logits, const at::Tensor& target, bool normalize) {
+  return xent_rows_impl<true>(logits, target, normalize);
+}
+
+at::Tensor xent_rows(const at::Tensor& logits, const at::Tensor& target) {
+  return xent_rows_impl<false>(logits, target, false);
 }
 
 }  // namespace
@@ -709,8 +724,10 @@ TORCH_LIBRARY(enas_rnn_native, m) {
   m.def("lstm_backward(Tensor d_out, Tensor d_c, Tensor? mask, Tensor w_rec, int[] slot_acts, int[] prog, "
         "int num_regs, int h_reg, int c_reg, float clip, Tensor R, Tensor(a!) dPre) -> Tensor[]");
   m.def("softmax_xent_(Tensor(a!) logits, Tensor target, bool normalize) -> Tensor");
+  m.def("xent_rows(Tensor logits, Tensor target) -> Tensor");
   m.impl("loop_forward", c10::DispatchKey::CPU, TORCH_FN(loop_forward));
   m.impl("softmax_xent_", c10::DispatchKey::CPU, TORCH_FN(softmax_xent_));
+  m.impl("xent_rows", c10::DispatchKey::CPU, TORCH_FN(xent_rows));
   m.impl("lstm_forward", c10::DispatchKey::CPU, TORCH_FN(lstm_forward));
   m.impl("lstm_backward", c10::DispatchKey::CPU, TORCH_FN(lstm_backward));
   m.impl("loop_backward", c10::DispatchKey::CPU, TORCH_FN(loop_backward));

@@ -25,11 +25,11 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from enas_rnn.cells import CellConfig, build_cell
-from enas_rnn.model import RNNLM, CoreKind, ModelConfig
+from enas_rnn.kernels import POOL
+from enas_rnn.model import RNNLM, CoreKind, ModelConfig, token_nll
 from enas_rnn.scores.mrs import (
     ERRORS,
     MRSConfig,
@@ -90,7 +90,7 @@ def ce_error(outputs: Any, targets: Tensor) -> float:
     """
     logits, tgt, vocab = _logits_targets(outputs, targets)
     cap = CE_CAP_FACTOR * math.log(max(vocab, 2))
-    nll = F.cross_entropy(logits, tgt, reduction="none")  # [T*B]
+    nll = token_nll(logits, tgt)  # [T*B]
     nll = torch.nan_to_num(nll, nan=cap, posinf=cap).clamp(max=cap)
     return float(nll.double().mean())
 
@@ -107,7 +107,7 @@ def softmax_mae_error(outputs: Any, targets: Tensor) -> float:
     the paper's 0.01 (> 2/V) is always met, which is why LM scoring uses a relative threshold.
     """
     logits, tgt, vocab = _logits_targets(outputs, targets)
-    log_p = -F.cross_entropy(logits, tgt, reduction="none")  # [T*B], log p_y
+    log_p = -token_nll(logits, tgt)  # [T*B], log p_y
     p_y = torch.nan_to_num(log_p.double().exp(), nan=0.0)
     return float((2.0 / vocab) * (1.0 - p_y.mean()))
 
@@ -357,6 +357,18 @@ def _new_cell(genotype: Any, spec: LMSpec, device: torch.device) -> nn.Module:
         return cell.to(device).eval()
 
 
+def _decode(decoder: nn.Linear, h: Tensor) -> Tensor:
+    """``decoder(h)`` for h [..., H] into a pooled buffer (``enas_rnn.kernels.POOL``): a fresh [..., V]
+    tensor per draw would be a new mmap, faulted in page by page every time."""
+    V, H = decoder.out_features, h.size(-1)
+    out = POOL.empty((*h.shape[:-1], V), h.dtype, h.device)
+    if decoder.bias is not None:
+        torch.addmm(decoder.bias, h.reshape(-1, H), decoder.weight.t(), out=out.view(-1, V))  # reshape: a view
+    else:
+        torch.mm(h.reshape(-1, H), decoder.weight.t(), out=out.view(-1, V))
+    return out
+
+
 #: Largest logits tensor (bytes) one batched decoder call may produce; bigger groups are split.
 _MAX_LOGITS_BYTES = 64 << 20
 
@@ -415,9 +427,9 @@ def mrs_lm_errors_many(
                     for cell in cells:
                         _randomize_cell_(cell, spec, str(cfg.dist), float(cfg.scale), int(cfg.seed), i)
                         hs.append(cell(x, cell.init_hidden(batch))[0])  # [T-1, B, H]
-                    logits = model.decoder(torch.cat(hs, 1))  # [T-1, K*B, V]: one GEMM for K cells
+                    logits = _decode(model.decoder, torch.stack(hs))  # [K, T-1, B, V]: one GEMM for K cells
                     for k in range(len(cells)):
-                        errors[k].append(float(err(logits[:, k * batch : (k + 1) * batch], tgt)))
+                        errors[k].append(float(err(logits[k], tgt)))
             seconds = (time.perf_counter() - start) / len(chunk)
             for h, e in zip(chunk, errors):
                 res = (tuple(e), seconds)
