@@ -2,16 +2,19 @@
 space) and the LM loss's in-place softmax (``enas_rnn.model.linear_cross_entropy``).
 
 The source is compiled on first use with ``torch.utils.cpp_extension.load`` (needs a C++ compiler;
-the build is cached under ``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``, one
-folder per torch version, and takes 10-20 s once). When it cannot be built, or ``ENAS_RNN_NATIVE=0`` is set, enas_rnn warns
+the build is cached under ``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``, in a
+folder keyed by what it builds - the source, the flags, torch's version and the interpreter - so
+several checkouts and virtual environments keep their builds side by side; it takes 10-20 s once). When it cannot be built, or ``ENAS_RNN_NATIVE=0`` is set, enas_rnn warns
 once and runs the PyTorch code (the loops in ``enas_rnn.spaces.enas`` / ``.lstm``), which computes the same numbers
 (to float rounding) and stays the path for every other dtype and device.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -27,15 +30,32 @@ log = logging.getLogger(__name__)
 ACT_CODES: dict[Optional[str], int] = {None: 0, "tanh": 1, "sigmoid": 2, "relu": 3, "relu_clip": 4, "clip": 5}
 
 _SOURCE = Path(__file__).with_name("enas_loop.cpp")
+# -march=native: the vectorised activations (at::vec) pick AVX2 / AVX-512 from the compiler's target;
+# the build is made on, and cached for, the machine that runs it.
+_CFLAGS = ("-O3", "-march=native")
 _STALE_LOCK_S = 600.0
 _state: dict[str, Any] = {"tried": False, "ok": False, "reason": None}
 
 
 def _build_dir() -> Path:
+    """The cache folder of this build: keyed by the source, the flags, torch's version and the interpreter.
+
+    Why not by torch's version alone: two virtual environments or checkouts with the same torch then
+    share one folder and evict each other's build (a full rebuild, 1-3 min on a loaded machine, each time
+    the other one ran last)."""
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "torch_extensions")
-    # one folder per torch version: a build against another torch's headers must not be reused
+    key = hashlib.sha1()
+    for part in (_SOURCE.read_bytes(), " ".join(_CFLAGS).encode(), torch.__version__.encode(),
+                 sys.prefix.encode(), sys.version.encode()):
+        key.update(part)
+        key.update(b"\0")
     tag = torch.__version__.replace("+", "_").replace(".", "_")
-    return Path(root) / f"enas_rnn_native_torch{tag}"
+    return Path(root) / f"enas_rnn_native_torch{tag}_{key.hexdigest()[:12]}"
+
+
+def _is_built(build: Path) -> bool:
+    """Whether the folder already holds a finished build (then loading it only links, no compiler runs)."""
+    return (build / "enas_rnn_native.so").is_file() and not (build / "lock").exists()
 
 
 def _build() -> None:
@@ -48,17 +68,20 @@ def _build() -> None:
     # real build takes well under this.
     if lock.exists() and time.time() - lock.stat().st_mtime > _STALE_LOCK_S:
         lock.unlink(missing_ok=True)
-    log.info("building enas_rnn's native enas loop in %s (once)", build)
+    cached = _is_built(build)
+    t0 = time.perf_counter()
+    if not cached:
+        log.info("building enas_rnn's native loops in %s (once per source, flags and environment)", build)
     load(
         name="enas_rnn_native",
         sources=[str(_SOURCE)],
         build_directory=str(build),
-        # -march=native: the vectorised activations (at::vec) pick AVX2 / AVX-512 from the compiler's
-        # target; the build is made on, and cached for, the machine that runs it.
-        extra_cflags=["-O3", "-march=native"],
+        extra_cflags=list(_CFLAGS),
         is_python_module=False,
         verbose=False,
     )
+    if not cached:
+        log.info("built enas_rnn's native loops in %.1f s", time.perf_counter() - t0)
 
 
 def available() -> bool:
