@@ -37,47 +37,37 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from enas_rnn.errors import ConfigError
+from enas_rnn.rules import INT1, POSITIVE, check_values, each, int_in, number_in, one_of, rule
 
 __all__ = ["CompressConfig", "validate_compress", "Applied", "Variant", "plan_variants", "compressible", "magnitude_mask", "kmeans_1d",
            "Pruned", "Shared", "ScaledSGD", "codebooks", "retrain_optimizer", "apply_variant", "materialize", "matrix_bits", "stored_bits", "sparsity", "cluster_counts",
            "SCOPES"]
 
 SCOPES = ("all", "cores")
+SHARE = number_in(0.0, 1.0, hi_open=True)  # a pruned share
+CLUSTERS = (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 2, "integers >= 2")
 
 
 @dataclass
 class CompressConfig:
     """Which compressed variants to make: pruning levels, cluster counts, and combinations of both."""
 
-    prune_levels: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
-    clusters: list[int] = field(default_factory=lambda: [10, 12, 14, 16])
-    combined_levels: list[float] = field(default_factory=lambda: [0.5, 0.8])  # x combined_clusters: prune, then share
-    combined_clusters: list[int] = field(default_factory=lambda: [16])
-    scope: str = "all"  # all: embedding, decoder and cores; cores: the recurrent weights only
-    index_bits: int = 5  # relative-index width of the sparse format (Han et al. 2016: 5 for fc layers)
+    prune_levels: list[float] = rule(factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9], check=each(SHARE))
+    clusters: list[int] = rule(factory=lambda: [10, 12, 14, 16], check=each(CLUSTERS))
+    # x combined_clusters: prune, then share
+    combined_levels: list[float] = rule(factory=lambda: [0.5, 0.8], check=each(SHARE))
+    combined_clusters: list[int] = rule(factory=lambda: [16], check=each(CLUSTERS))
+    scope: str = rule("all", one_of(SCOPES))  # all: embedding, decoder and cores; cores: the recurrent weights only
+    index_bits: int = rule(5, int_in(1, 32))  # relative-index width of the sparse format (Han et al. 2016: 5 for fc layers)
     # The centroids' step is lr x codebook_lr_scale: a centroid's gradient sums those of its ~10^4-10^5
     # weights, so the weights' lr (and a global-norm clip that the sums dominate) would throw it far off.
-    codebook_lr_scale: float = 1e-2
-    kmeans_iters: int = 50
+    codebook_lr_scale: float = rule(1e-2, POSITIVE)
+    kmeans_iters: int = rule(50, INT1)
 
 
-def validate_compress(cfg: CompressConfig) -> None:
-    """ConfigError naming the key for levels outside [0, 1), cluster counts below 2, an unknown scope."""
-    for key in ("prune_levels", "combined_levels"):
-        for v in getattr(cfg, key):
-            if not 0.0 <= float(v) < 1.0:
-                raise ConfigError(f"invalid config value compress.{key} entry {v!r}: valid values are shares in [0, 1)")
-    for key in ("clusters", "combined_clusters"):
-        for v in getattr(cfg, key):
-            if int(v) < 2:
-                raise ConfigError(f"invalid config value compress.{key} entry {v!r}: valid values are integers >= 2")
-    if cfg.scope not in SCOPES:
-        raise ConfigError(f"invalid config value compress.scope={cfg.scope!r}: valid values are {', '.join(SCOPES)}")
-    if not float(cfg.codebook_lr_scale) > 0:
-        raise ConfigError(f"invalid config value compress.codebook_lr_scale={cfg.codebook_lr_scale!r}: valid values "
-                          "are floats > 0")
-    if not 1 <= int(cfg.index_bits) <= 32:
-        raise ConfigError(f"invalid config value compress.index_bits={cfg.index_bits!r}: valid values are 1 .. 32")
+def validate_compress(cfg: Any, prefix: str = "compress.") -> None:
+    """Value checks of a compression config (each field's rule), keys named with ``prefix``."""
+    check_values(cfg, CompressConfig, prefix)
 
 
 @dataclass(frozen=True)

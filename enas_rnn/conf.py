@@ -1,208 +1,69 @@
 """The app schemas: each app's structured config, assembled from its components' own configs.
 
-Each component's config lives beside the component (``DataConfig`` in ``corpus.py``,
-``ModelConfig`` in ``model.py``, ``TrainConfig`` in ``train.py``, ...); this module only composes
-them into one schema per app and registers the schemas in Hydra's ConfigStore. They live here, not
-in the entry scripts, because Hydra's joblib/submitit launchers pickle classes defined in
-``__main__`` by value and break on them (see ARCHITECTURE.md).
+Each component's config lives beside the component (``DataConfig`` in ``corpus.py``, ``ModelConfig`` in
+``model.py``, ``TrainConfig`` in ``train.py``, a training run's ``TrainRunConfig`` in ``trainrun.py``, ...)
+with the rule of every value beside its field (``enas_rnn.rules``); this module composes them into one
+schema per app, registers the schemas in Hydra's ConfigStore and says, per app, which keys only take
+effect under another setting. The schemas live here, not in the entry scripts, because Hydra's
+joblib/submitit launchers pickle classes defined in ``__main__`` by value and break on them
+(see ARCHITECTURE.md).
 
-YAML files under ``conf/`` fill these schemas, so a typo in a key or a value of the wrong type
-fails before any work starts. Value checks that types cannot express (ranges, choices written as
-strings) are the ``validate_*`` functions, run by every app before any work.
+YAML files under ``conf/`` (shipped as package data: ``pkg://enas_rnn.configs``) fill these schemas, so
+a typo in a key or a value of the wrong type fails before any work starts; :func:`validate` checks
+every value's range and every cross-field rule.
 """
 
 from __future__ import annotations
 
-import math
-import re
+import datetime as _dt
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, Optional
+from importlib import resources
+from typing import Any, Callable, Optional
 
+from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
+from enas_rnn.comparison import CompareConfig, Sizing, require_cell
 from enas_rnn.compress import CompressConfig
 from enas_rnn.controller import ControllerConfig
 from enas_rnn.corpus import DataConfig
 from enas_rnn.errors import ConfigError
-from enas_rnn.model import ModelConfig
-from enas_rnn.scores import SCORES, HiddenCovConfig, MRSConfig
-from enas_rnn.scores.mrs import DISTRIBUTIONS, ERRORS, THRESHOLD_MODES
-from enas_rnn.screen import SCREENED_REWARDS, ScreenConfig
-from enas_rnn.search import DEGENERATE_MODES, SearchConfig
-from enas_rnn.spaces import SPACES, SpaceConfig
-from enas_rnn.strategies import STRATEGIES
-from enas_rnn.summary import SummaryConfig
+from enas_rnn.launch import LauncherConfig
+from enas_rnn.model import CoreKind, ModelConfig
+from enas_rnn.rules import INT1, NONNEG, OPT_INT1, check_values, fail, rule
+from enas_rnn.runs import DEVICE_RULE
+from enas_rnn.scores import HiddenCovConfig, MRSConfig
+from enas_rnn.screen import ScreenConfig
+from enas_rnn.search import SearchConfig
+from enas_rnn.searchrun import SearchRunConfig
+from enas_rnn.selection import SelectConfig
+from enas_rnn.spaces import SpaceConfig
+from enas_rnn.summary import SummaryConfig, sanitize_dirname
 from enas_rnn.tasks import TaskConfig, TaskTrainConfig
 from enas_rnn.train import TrainConfig
+from enas_rnn.trainrun import TrainRunConfig
 
+#: The package that holds the YAML configs (conf/ in the source tree, package data in a wheel).
+CONFIG_MODULE = "enas_rnn.configs"
+CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
 
-@dataclass
-class TrainAppConfig:
-    """`enas-train`: train a language model from scratch and report its perplexity."""
-
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    cell: str = "lstm"  # with model.core=cell: a named genotype or a path to genotype.json
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    resume: Optional[str] = None  # a run folder to continue from its last checkpoint
-    experiment: Optional[str] = None  # name of the preset, for the record
-
-
-@dataclass
-class SearchAppConfig:
-    """`enas-search`: ENAS or random search with weight sharing on PTB."""
-
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)  # sizes/dropouts of the supernet LM
-    train: TrainConfig = field(default_factory=TrainConfig)  # SGD on the shared weights
-    space: SpaceConfig = field(default_factory=SpaceConfig)
-    controller: ControllerConfig = field(default_factory=ControllerConfig)
-    search: SearchConfig = field(default_factory=SearchConfig)
-    screen: ScreenConfig = field(default_factory=ScreenConfig)
-    seed: int = 0
-    device: str = "auto"
-    resume: Optional[str] = None
-    experiment: Optional[str] = None
-
-
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
-
-
-def _check(cond: bool, key: str, value: Any, valid: str) -> None:
-    if not cond:
-        raise ConfigError(f"invalid config value {key}={value!r}: valid values are {valid}")
-
-
-def _num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-# Rules: (key, test, the valid values in words). Every value of every app is checked before any work.
-_INT1 = (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
-_INT0 = (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
-_OPT_INT1 = (lambda v: v is None or (isinstance(v, int) and v >= 1), "an integer >= 1 or null")
-_POS = (lambda v: _num(v) and v > 0, "a finite number > 0")
-_NONNEG = (lambda v: _num(v) and v >= 0, "a finite number >= 0")
-_FINITE = (lambda v: _num(v), "a finite number")
-_OPT_POS = (lambda v: v is None or (_num(v) and v > 0), "a finite number > 0 or null")
-_DROPOUT = (lambda v: _num(v) and 0.0 <= v < 1.0, "a number in [0, 1)")
-
-RULES: dict[str, list[tuple[str, Any, str]]] = {
-    "data": [(k, *_INT1) for k in ("batch_size", "eval_batch_size", "test_batch_size", "bptt")],
-    "model": [(k, *_INT1) for k in ("emb_size", "hidden_size", "num_layers")]
-    + [(k, *_DROPOUT) for k in ("dropout_emb", "dropout_in", "dropout_out", "dropout_h")]
-    + [("init_range", *_OPT_POS), ("state_clip", *_OPT_POS)],
-    "train": [("lr", *_POS), ("clip", *_POS), ("weight_decay", *_NONNEG), ("epochs", *_INT1), ("decay_start", *_INT0),
-              ("lr_decay", lambda v: _num(v) and 0 < v <= 1, "a number in (0, 1]"), ("max_nonfinite", *_INT0),
-              ("log_every", *_INT1)]
-    + [(k, *_OPT_INT1) for k in ("max_steps", "eval_every", "eval_batches", "checkpoint_every")],
-    "space": [("name", lambda v: v in SPACES, "one of " + ", ".join(sorted(SPACES))),
-              ("num_nodes", lambda v: isinstance(v, int) and 1 <= v <= 64, "an integer in [1, 64]")],
-    "controller": [("hidden_size", *_INT1), ("temperature", *_POS), ("tanh_constant", *_NONNEG), ("init_range", *_POS)],
-    "search": [("strategy", lambda v: v in STRATEGIES, "one of " + ", ".join(STRATEGIES)),
-               ("epochs", *_INT1), ("shared_steps", *_OPT_INT1), ("controller_steps", *_INT0),
-               ("children_per_step", *_INT1), ("reward_c", *_POS), ("reward_batches", *_INT1),
-               ("entropy_weight", *_NONNEG), ("baseline_decay", lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
-               ("controller_lr", *_POS), ("controller_clip", *_OPT_POS), ("nonfinite_reward", *_FINITE),
-               ("degenerate", lambda v: v in DEGENERATE_MODES, "one of " + ", ".join(DEGENERATE_MODES)),
-               ("degenerate_reward", *_FINITE), ("derive_samples", *_INT1), ("derive_batches", *_INT1),
-               ("derive_rerank", *_INT0), ("derive_rerank_batches", *_INT0), ("top_k", *_INT1),
-               ("time_budget_s", *_OPT_POS),
-               ("time_budget_clock", lambda v: v in ("wall", "process"), "wall or process")],
-    "screen": [("name", lambda v: v == "none" or v in SCORES, "none or one of " + ", ".join(sorted(SCORES))),
-               ("candidates", *_INT1), ("keep", *_INT1),
-               ("screened_reward", lambda v: v in SCREENED_REWARDS, "one of " + ", ".join(SCREENED_REWARDS)),
-               ("bptt", *_OPT_INT1), ("batch", *_OPT_INT1), ("pool", *_INT0)],
-    "mrs": [("samples", *_INT1), ("dist", lambda v: v in DISTRIBUTIONS, "one of " + ", ".join(DISTRIBUTIONS)),
-            ("scale", *_POS), ("error", lambda v: v in ERRORS, "one of " + ", ".join(sorted(ERRORS))),
-            ("lo", *_FINITE), ("hi", *_OPT_POS), ("threshold", *_FINITE),
-            ("threshold_mode", lambda v: v in THRESHOLD_MODES, "one of " + ", ".join(THRESHOLD_MODES)),
-            ("quantile", lambda v: _num(v) and 0 < v < 1, "a number in (0, 1)"), ("floor", *_NONNEG)],
-    "hidden_cov": [("k", *_POS)],
-}
-
-
-def check_section(section: Any, prefix: str, rules: str) -> None:
-    """Checks one config section (e.g. ``cfg.train``) against ``RULES[rules]``; the key is named with ``prefix``."""
-    for key, test, valid in RULES[rules]:
-        if key in section:
-            _check(bool(test(section[key])), f"{prefix}.{key}", section[key], valid)
-
-
-def validate_common(cfg: Any) -> None:
-    """Checks the values shared by every app; raises ConfigError naming key and valid options."""
-    if "device" in cfg:
-        _check(bool(_DEVICE_RE.match(str(cfg.device))), "device", cfg.device, "auto, cpu, cuda, cuda:N")
-    for section in ("data", "model", "train"):
-        if section in cfg:
-            check_section(cfg[section], section, section)
-    if "model" in cfg:
-        m = cfg.model
-        if m.tie_weights and m.emb_size != m.hidden_size:
-            raise ConfigError(
-                f"model.tie_weights=true needs model.emb_size == model.hidden_size "
-                f"(got {m.emb_size} and {m.hidden_size}): set both to one value or model.tie_weights=false"
-            )
-
-
-def validate_search(cfg: Any) -> None:
-    """Value checks of the search app (types are checked by the schema)."""
-    validate_common(cfg)
-    for section in ("space", "controller", "search", "screen"):
-        check_section(cfg[section], section, section)
-    check_section(cfg.screen.mrs, "screen.mrs", "mrs")
-    check_section(cfg.screen.hidden_cov, "screen.hidden_cov", "hidden_cov")
-    if cfg.model.num_layers != 1:
-        raise ConfigError("the search supernet has one recurrent layer: set model.num_layers=1")
-    sc = cfg.screen
-    if sc.name != "none" and not 1 <= sc.keep <= sc.candidates:
-        raise ConfigError(f"screen.keep={sc.keep} must be between 1 and screen.candidates={sc.candidates}")
-
-
-class Sizing(str, Enum):
-    """How `enas-compare` sizes a cell against the nn.LSTM baseline."""
-
-    same = "same"  # the configured model.hidden_size
-    matched = "matched"  # hidden size searched so total parameters match the baseline's
-
-
-@dataclass
-class CompareAppConfig:
-    """`enas-compare`: retrain a cell and nn.LSTM under one budget, several seeds, two sizings."""
-
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)  # shared by every run; model.core is set per run
-    train: TrainConfig = field(default_factory=TrainConfig)
-    cell: str = MISSING  # a named genotype or a path to genotype.json
-    extra_cells: list[str] = field(default_factory=list)  # more cells compared the same way
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    sizings: list[Sizing] = field(default_factory=lambda: [Sizing.same, Sizing.matched])
-    param_tolerance: float = 0.02  # |params_cell / params_lstm - 1| allowed for the matched sizing
-    alpha: float = 0.05  # significance level of the Welch t-test in the verdict
-    plot: bool = True  # learning_curves.png
-    # Baselines trained beside the cells: lstm (torch.nn.LSTM, the reference; required) and gru (torch.nn.GRU,
-    # same and parameter-matched sizes like a cell, Welch-tested against nn.LSTM).
-    baselines: list[str] = field(default_factory=lambda: ["lstm", "gru"])
-    # A folder shared by several comparisons: nn.LSTM runs with identical settings are trained once
-    # there and reused (e.g. by the pipelines of a study); None keeps them inside the comparison.
-    baseline_cache: Optional[str] = None
-    device: str = "auto"
-    experiment: Optional[str] = None
+# The app schemas of the apps whose runs are library objects (one training run, one search, a comparison).
+TrainAppConfig = TrainRunConfig
+SearchAppConfig = SearchRunConfig
+CompareAppConfig = CompareConfig
 
 
 @dataclass
 class ExportAppConfig:
     """`enas-export`: a trained cell as a standalone torch module (<name>.py) + <name>.safetensors."""
 
-    run: Optional[str] = None  # an enas-train or enas-compare run folder
+    run: Optional[str] = None  # an enas-train, enas-compare or enas-pipeline run folder
     cell: Optional[str] = None  # a genotype (name or JSON path), with checkpoint=
     checkpoint: Optional[str] = None  # a checkpoint file (checkpoints/best.pt of a run)
-    out: Optional[str] = None  # output folder; None: the Hydra run folder
-    name: Optional[str] = None  # module/file name; None: derived from the cell
+    out: Optional[str] = None  # output folder; None: <run>/export
+    name: Optional[str] = rule(None, (lambda v: v is None or (isinstance(v, str) and v.isidentifier()),
+                                      "Python identifiers (the module is imported by that name)"))
     whole_model: bool = False  # also export embedding + decoder as an `LM` class
 
 
@@ -225,40 +86,44 @@ class MRSAppConfig:
     space: SpaceConfig = field(default_factory=SpaceConfig)
     variants: dict[str, MRSConfig] = field(default_factory=_mrs_variants)  # name -> MRS settings (conf/mrs.yaml)
     hidden_cov: HiddenCovConfig = field(default_factory=HiddenCovConfig)
-    cells: int = 60  # non-degenerate cells drawn from the space (seeded) and trained
+    cells: int = rule(60, INT1)  # non-degenerate cells drawn from the space (seeded) and trained
     require_memory: bool = True  # what counts as degenerate (as search.require_memory)
     degenerate_scored: bool = True  # score the degenerate cells drawn on the way (reported apart, never trained)
     include_named: bool = True  # also score/train the space's published cell(s) (lstm; enas_paper)
-    score_bptt: Optional[int] = None  # rows of the held-out scoring slice (None: data.bptt)
-    score_batch: Optional[int] = None  # its columns of the validation stream (None: data.eval_batch_size)
+    score_bptt: Optional[int] = rule(None, OPT_INT1)  # rows of the held-out scoring slice (None: data.bptt)
+    score_batch: Optional[int] = rule(None, OPT_INT1)  # its columns of the validation stream (None: eval_batch_size)
     search_run: Optional[str] = None  # an enas-search run folder: also report shared-weight perplexity
-    shared_batches: int = 10  # validation windows per cell for the shared-weight perplexity
+    shared_batches: int = rule(10, INT1)  # validation windows per cell for the shared-weight perplexity
     keep_checkpoints: bool = False  # keep each trained cell's checkpoints/ (they are ~2 x model size)
     plot: bool = True
     seed: int = 0
-    device: str = "auto"
+    device: str = rule("auto", DEVICE_RULE)
+    resume: Optional[str] = None  # a study folder to continue (its finished cells are kept)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
     experiment: Optional[str] = None
 
-
-@dataclass
-class SelectConfig:
-    """The pipeline's final choice: the search's top cells retrained from scratch for a short budget
-    (the practice of DARTS and of random search with weight sharing, Li & Talwalkar 2019)."""
-
-    k: int = 3  # cells of the derived ranking (top_genotypes.json) retrained
-    max_steps: int = 500  # from-scratch budget per cell (train.* settings otherwise)
-    eval_batches: Optional[int] = None  # validation windows of the choice; None: the whole split
+    @staticmethod
+    def cross_check(cfg: Any, key: Callable[[str], str]) -> None:
+        if not cfg.variants:
+            raise ConfigError(f"{key('variants')}={{}}: the study needs at least one MRS variant (see conf/mrs.yaml)")
+        for name in cfg.variants:
+            if not str(name).isidentifier():
+                raise ConfigError(f"invalid MRS variant name {key('variants')}.{name}: use letters, digits and _")
+        if cfg.model.num_layers != 1:
+            raise ConfigError(f"the study scores and trains one-layer cell LMs: set {key('model.num_layers')}=1")
+        if cfg.train.max_steps is None:
+            raise ConfigError(f"set {key('train.max_steps')}: it is each cell's training budget")
 
 
 @dataclass
 class PipelineCompareConfig:
-    """The comparison stage of the pipeline (see CompareAppConfig)."""
+    """The comparison stage of the pipeline (see CompareConfig)."""
 
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     sizings: list[Sizing] = field(default_factory=lambda: [Sizing.same, Sizing.matched])
     param_tolerance: float = 0.02
     alpha: float = 0.05
-    baseline_cache: Optional[str] = None  # share nn.LSTM runs across pipelines (see CompareAppConfig)
+    baseline_cache: Optional[str] = None  # share nn.LSTM runs across pipelines (see CompareConfig)
     # The verdict's reference is nn.LSTM; add gru to train nn.GRU beside it (4 more runs with 2 seeds).
     baselines: list[str] = field(default_factory=lambda: ["lstm"])
 
@@ -272,11 +137,11 @@ class PipelineExportConfig:
 
 @dataclass
 class PipelineAppConfig:
-    """`enas-pipeline`: search -> shortlist retraining -> comparison with nn.LSTM -> export, in one folder.
+    """`enas-pipeline`: search -> selection -> comparison with nn.LSTM -> export, in one folder.
 
     The search keys are enas-search's (``space``, ``controller``, ``search``, ``screen``) with the
     supernet's language model in ``supernet`` and its SGD in ``shared_train``; ``model`` and ``train``
-    describe the retrained models (shortlist and comparison), as in enas-compare.
+    describe the retrained models (selection and comparison), as in enas-compare.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -291,10 +156,42 @@ class PipelineAppConfig:
     select: SelectConfig = field(default_factory=SelectConfig)
     compare: PipelineCompareConfig = field(default_factory=PipelineCompareConfig)
     export: PipelineExportConfig = field(default_factory=PipelineExportConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    # A finished enas-search run (or an enas-pipeline whose search/ it is) to start from instead of searching:
+    # its outputs and supernet are copied into search/ (e.g. several selection strategies on one search).
+    search_from: Optional[str] = None
     seed: int = 0
-    device: str = "auto"
+    device: str = rule("auto", DEVICE_RULE)
     resume: Optional[str] = None  # a pipeline folder to continue (finished stages are kept)
     experiment: Optional[str] = None
+
+    @staticmethod
+    def cross_check(cfg: Any, key: Callable[[str], str]) -> None:
+        if cfg.supernet.num_layers != 1:
+            raise ConfigError(f"the search supernet has one recurrent layer: set {key('supernet.num_layers')}=1")
+        s = cfg.select
+        if s.strategy == "halving" and cfg.train.max_steps is not None and s.min_steps > cfg.train.max_steps:
+            raise fail(key("select.min_steps"), s.min_steps,
+                       f"an integer <= train.max_steps={cfg.train.max_steps} (the selection's rungs are the first "
+                       "steps of the comparison's training runs)")
+        if s.strategy == "halving" and cfg.train.max_steps is None:
+            raise ConfigError(f"select.strategy=halving needs {key('train.max_steps')} (the last rung's budget is at "
+                              "most the comparison's): set train.max_steps, or select.strategy=topk")
+        if s.strategy == "topk" and s.k > cfg.search.derive_samples:
+            raise ConfigError(f"{key('select.k')}={s.k} exceeds {key('search.derive_samples')}="
+                              f"{cfg.search.derive_samples} (the derived cells): raise derive_samples or lower select.k")
+        # the comparison stage's own values (named with the pipeline's keys)
+        c = cfg.compare
+        if not c.seeds or len(set(c.seeds)) != len(c.seeds):
+            raise fail(key("compare.seeds"), list(c.seeds), "a non-empty list of distinct integers")
+        if not c.sizings:
+            raise fail(key("compare.sizings"), [], "a non-empty list of same, matched")
+        for name in ("param_tolerance", "alpha"):
+            if not 0 < c[name] < 1:
+                raise fail(key(f"compare.{name}"), c[name], "a number in (0, 1)")
+        kinds = [str(getattr(b, "value", b)) for b in c.baselines]
+        if "lstm" not in kinds or any(b not in ("lstm", "gru") for b in kinds) or len(set(kinds)) != len(kinds):
+            raise fail(key("compare.baselines"), kinds, "distinct entries of lstm, gru, including lstm")
 
 
 @dataclass
@@ -310,9 +207,9 @@ class SweepAppConfig:
     train: TaskTrainConfig = field(default_factory=TaskTrainConfig)
     cell: str = "lstm"  # with model.core=cell: a named genotype or a path to genotype.json
     seed: int = 0  # the model's initialisation and batch order (the data's is task.seed)
-    name: str = "default"  # the multirun folder: multirun/sweep/<name>; a rerun with the same name resumes
     summary: SummaryConfig = field(default_factory=SummaryConfig)  # the heatmap drawn after a multirun
-    device: str = "cpu"  # tiny models: a CPU is faster than a GPU's launch overhead
+    device: str = rule("cpu", DEVICE_RULE)  # tiny models: a CPU is faster than a GPU's launch overhead
+    resume: Optional[str] = None  # a sweep's multirun folder: its finished jobs are reused
     experiment: Optional[str] = None
 
 
@@ -322,38 +219,148 @@ class CompressAppConfig:
 
     run: str = MISSING  # an enas-train run folder (nn.LSTM or a cell): its checkpoints/best.pt is compressed
     compress: CompressConfig = field(default_factory=CompressConfig)
-    # Retraining of every variant through the one LM loop (train.max_steps is the budget).
+    # Retraining of every variant through the one LM loop (retrain.max_steps is the budget).
     retrain: TrainConfig = field(default_factory=lambda: TrainConfig(
         lr=20.0, epochs=1000, max_steps=200, lr_decay=1.0, eval_every=100, checkpoint_every=None, progress=False))
-    batch_size: Optional[int] = None  # retraining batch size; None: the run's data.batch_size
+    batch_size: Optional[int] = rule(None, OPT_INT1)  # retraining batch size; None: the run's data.batch_size
     control: bool = True  # also retrain the uncompressed model for the same budget
     export: str = "best"  # best | none | a variant name (e.g. prune50, share16, prune80_share16)
-    export_tolerance: float = 0.05  # best: the smallest variant whose valid ppl is within this share of the original's
+    export_tolerance: float = rule(0.05, NONNEG)  # best: the smallest variant within this share of the original's ppl
     export_whole_model: bool = True  # the compressed embedding and decoder too (an LM class), not only the cores
     plot: bool = True
     seed: int = 0
-    device: str = "auto"
+    device: str = rule("auto", DEVICE_RULE)
+    resume: Optional[str] = None  # a compression folder to continue (its finished variants are kept)
     experiment: Optional[str] = None
 
 
+#: Every app: (console command, schema, primary config name).
+APP_SCHEMAS: dict[str, tuple[type, str]] = {
+    "enas-train": (TrainAppConfig, "train"), "enas-search": (SearchAppConfig, "search"),
+    "enas-compare": (CompareAppConfig, "compare"), "enas-export": (ExportAppConfig, "export"),
+    "enas-mrs": (MRSAppConfig, "mrs"), "enas-pipeline": (PipelineAppConfig, "pipeline"),
+    "enas-sweep": (SweepAppConfig, "sweep"), "enas-compress": (CompressAppConfig, "compress"),
+}
+
+# Keys that only take effect under another setting: (key prefix, does it take effect?, what enables it).
+_IS_CELL = (lambda c: CoreKind(c.model.core) == CoreKind.cell, "model=cell (model.core=cell)")
+_ENAS = (lambda c: c.search.strategy == "enas", "search=enas (search.strategy=enas)")
+_SCREEN = (lambda c: c.screen.name != "none", "screen=mrs or screen=hidden_cov")
+
+
+def _search_rules() -> list[tuple[str, Callable[[Any], bool], str]]:
+    return [
+        ("controller.", *_ENAS), ("search.entropy_weight", *_ENAS), ("search.baseline_decay", *_ENAS),
+        ("search.controller_lr", *_ENAS), ("search.controller_clip", *_ENAS),
+        ("screen.mrs.", lambda c: c.screen.name == "mrs", "screen=mrs"),
+        ("screen.hidden_cov.", lambda c: c.screen.name == "hidden_cov", "screen=hidden_cov"),
+        ("screen.candidates", *_SCREEN), ("screen.keep", *_SCREEN), ("screen.screened_reward", *_SCREEN),
+        ("screen.bptt", *_SCREEN), ("screen.batch", *_SCREEN), ("screen.pool", *_SCREEN),
+        ("search.degenerate_reward", lambda c: c.search.degenerate == "penalty"
+         or str(c.search.get("unbounded", "off")) == "penalty", "search.degenerate=penalty or search.unbounded=penalty"),
+        ("search.time_budget_clock", lambda c: c.search.time_budget_s is not None, "search.time_budget_s=<seconds>"),
+        ("search.require_memory", lambda c: c.search.degenerate != "off", "search.degenerate=mask|penalty|resample"),
+    ]
+
+
+_LAUNCH = [("launcher.jobs", lambda c: c.launcher.name in ("local", "slurm"), "launcher=local or launcher=slurm"),
+           ("launcher.slurm.", lambda c: c.launcher.name == "slurm", "launcher=slurm")]
+_HALVING = (lambda c: c.select.strategy == "halving", "select.strategy=halving")
+_TOPK = (lambda c: c.select.strategy == "topk", "select.strategy=topk")
+
+NO_EFFECT: dict[str, list[tuple[str, Callable[[Any], bool], str]]] = {
+    "enas-train": [("cell", *_IS_CELL), ("model.dropout_h", *_IS_CELL), ("model.state_clip", *_IS_CELL)],
+    "enas-search": _search_rules(),
+    "enas-pipeline": _search_rules() + _LAUNCH + [
+        ("select.candidates", *_HALVING), ("select.min_steps", *_HALVING), ("select.eta", *_HALVING),
+        ("select.prescreen", *_HALVING), ("select.audit", *_HALVING), ("select.references", *_HALVING),
+        ("select.k", *_TOPK), ("select.max_steps", *_TOPK), ("select.eval_batches", *_TOPK)],
+    "enas-compare": [],
+    "enas-mrs": _LAUNCH,
+    "enas-sweep": [("cell", *_IS_CELL)],
+    "enas-compress": [],
+    "enas-export": [("cell", lambda c: c.checkpoint is not None, "checkpoint=<file>")],
+}
+
+
+def validate(cfg: Any, app: str, overrides: Optional[list[str]] = None) -> None:
+    """Every value of an app's config against its rule, the cross-field rules, and - for the keys the
+    command line set - whether each takes effect in this configuration (else the key that enables it)."""
+    schema, _ = APP_SCHEMAS[app]
+    check_values(cfg, schema)
+    if app == "enas-compare":
+        require_cell(cfg)
+    for o in overrides or ():
+        key = o.partition("=")[0].lstrip("+~")
+        for prefix, effective, hint in NO_EFFECT.get(app, []):
+            hit = key == prefix.rstrip(".") or (prefix.endswith(".") and key.startswith(prefix))
+            if hit and not effective(cfg):
+                raise ConfigError(f"{key}= has no effect in this configuration: it needs {hint}; drop {key}= or set "
+                                  "that too")
+
+
+# ---------------------------------------------------------------------------------------------- presets
+def _options(group: str) -> list[str]:
+    folder = resources.files(CONFIG_MODULE).joinpath(group)
+    if not folder.is_dir():
+        return []
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml") and p.name != "none.yaml")
+
+
+#: Which preset groups an app reads (conf/<group>/<name>.yaml); the shared LM presets serve every app that
+#: trains a language model.
+PRESET_GROUPS: dict[str, tuple[str, ...]] = {
+    "enas-train": ("lm_experiment", "train_experiment"), "enas-search": ("lm_experiment", "search_experiment"),
+    "enas-compare": ("lm_experiment", "compare_experiment"), "enas-mrs": ("lm_experiment", "mrs_experiment"),
+    "enas-pipeline": ("lm_experiment", "pipeline_experiment"), "enas-sweep": ("sweep_experiment",),
+    "enas-compress": ("compress_experiment",), "enas-export": (),
+}
+
+
+def presets(app: str) -> list[str]:
+    """The names ``experiment=`` accepts for an app (its own presets and the shared LM presets it reads)."""
+    return sorted({name for g in PRESET_GROUPS[app] for name in _options(g)})
+
+
+def check_preset(app: str, name: Optional[str]) -> None:
+    """A clear line for a preset the app does not have (Hydra would silently apply none of it)."""
+    if name in (None, "none"):
+        return
+    valid = presets(app)
+    if not valid:
+        raise ConfigError(f"{app} has no presets (experiment={name}): it needs none, since it reads everything from "
+                          "the run it works on; drop experiment=")
+    if name not in valid:
+        raise ConfigError(f"experiment={name} is not a preset of {app}: valid presets are {', '.join(valid)}")
+
+
+# ---------------------------------------------------------------------------------------------- registration
+def _run_dir(resume: Any, default: str) -> str:
+    """hydra.run.dir / hydra.sweep.dir: the folder to resume when ``resume=`` is given, else the default."""
+    return str(resume) if resume not in (None, "", "None") else default
+
+
 def register_configs() -> None:
-    """Registers the schemas; YAML files in conf/ name them in their defaults lists."""
+    """Registers the schemas (YAML files in conf/ name them in their defaults lists) and the resolvers."""
     cs = ConfigStore.instance()
-    cs.store(name="train_schema", node=TrainAppConfig)
-    cs.store(name="search_schema", node=SearchAppConfig)
-    cs.store(name="compare_schema", node=CompareAppConfig)
-    cs.store(name="export_schema", node=ExportAppConfig)
-    cs.store(name="mrs_schema", node=MRSAppConfig)
-    cs.store(name="pipeline_schema", node=PipelineAppConfig)
-    cs.store(name="sweep_schema", node=SweepAppConfig)
-    cs.store(name="compress_schema", node=CompressAppConfig)
+    for schema, name in APP_SCHEMAS.values():
+        cs.store(name=f"{name}_schema", node=schema)
+    OmegaConf.register_new_resolver("enas_run_dir", _run_dir, replace=True)
+    OmegaConf.register_new_resolver("enas_dirname", sanitize_dirname, replace=True)
+    OmegaConf.register_new_resolver("enas_now", lambda fmt: _dt.datetime.now().strftime(fmt), replace=True)
+
+
+def compose_app(config_name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """The composed config of an app (``train``, ``search``, ...) with overrides, as its command line would
+    make it (for tests, benches and scripts that call the library directly)."""
+    register_configs()
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))
 
 
 __all__ = [
-    "TrainAppConfig",
-    "SearchAppConfig",
-    "validate_common",
-    "validate_search",
-    "register_configs",
-    "MISSING",
+    "compose_app",
+    "TrainAppConfig", "SearchAppConfig", "CompareAppConfig", "ExportAppConfig", "MRSAppConfig", "PipelineAppConfig",
+    "SweepAppConfig", "CompressAppConfig", "APP_SCHEMAS", "NO_EFFECT", "validate", "presets", "check_preset",
+    "register_configs", "CONFIG_PATH", "CONFIG_MODULE", "MISSING",
 ]

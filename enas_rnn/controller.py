@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from enas_rnn.genotype import Genotype
+from enas_rnn.rules import INT1, NONNEG, POSITIVE, rule
 
 Constraint = Callable[[list[int]], Optional[list[bool]]]  # a decision prefix -> allowed next choices (None: all)
 
@@ -30,10 +31,10 @@ Constraint = Callable[[list[int]], Optional[list[bool]]]  # a decision prefix ->
 class ControllerConfig:
     """Controller sizes and logit shaping; defaults after google-research enas_lm (controller.py)."""
 
-    hidden_size: int = 64  # enas_lm; the ENAS paper's PTB controller has 100
-    temperature: float = 5.0  # enas_lm and the paper
-    tanh_constant: float = 2.25  # enas_lm (the paper: 2.5)
-    init_range: float = 0.1  # uniform init of every controller weight (ENAS-pytorch)
+    hidden_size: int = rule(64, INT1)  # enas_lm; the ENAS paper's PTB controller has 100
+    temperature: float = rule(5.0, POSITIVE)  # enas_lm and the paper
+    tanh_constant: float = rule(2.25, NONNEG)  # enas_lm (the paper: 2.5)
+    init_range: float = rule(0.1, POSITIVE)  # uniform init of every controller weight (ENAS-pytorch)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from typing import Any, Optional
 import torch
 
 from enas_rnn.errors import UserError
+from enas_rnn.rules import INT1, rule
 
 __all__ = [
     "DataConfig",
@@ -53,10 +54,10 @@ class DataConfig:
     # None: $ENAS_RNN_DATA/<name>, then ./data/<name>
     root: Optional[str] = None
     download: bool = False  # fetch PTB from its public source when the files are missing
-    batch_size: int = 20
-    eval_batch_size: int = 10
-    test_batch_size: int = 1
-    bptt: int = 35
+    batch_size: int = rule(20, INT1)
+    eval_batch_size: int = rule(10, INT1)
+    test_batch_size: int = rule(1, INT1)
+    bptt: int = rule(35, INT1)
     # ENAS / AWD-LSTM random BPTT length with lr scaled by seq_len / bptt (Merity et al. 2018, 4.1)
     variable_bptt: bool = False
 

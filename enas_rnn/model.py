@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,7 @@ from enas_rnn.cells import CellConfig, build_cell
 from enas_rnn.errors import ConfigError
 from enas_rnn.genotype import Genotype
 from enas_rnn.kernels import POOL
+from enas_rnn.rules import DROPOUT, INT1, OPT_POSITIVE, rule
 from enas_rnn.spaces import SearchSpace
 
 
@@ -42,16 +43,23 @@ class ModelConfig:
     """RNNLM: embedding -> recurrent core (one per layer) -> decoder."""
 
     core: CoreKind = CoreKind.lstm
-    emb_size: int = 200
-    hidden_size: int = 200
-    num_layers: int = 1
+    emb_size: int = rule(200, INT1)
+    hidden_size: int = rule(200, INT1)
+    num_layers: int = rule(1, INT1)
     tie_weights: bool = True  # Press & Wolf 2017; Inan et al. 2017; needs emb_size == hidden_size
-    dropout_emb: float = 0.0  # drops whole words of the embedding matrix (Gal & Ghahramani 2016)
-    dropout_in: float = 0.0  # locked dropout on the embeddings
-    dropout_out: float = 0.0  # locked dropout on every layer's output
-    dropout_h: float = 0.0  # variational dropout on h_{t-1} inside searched cells (ENAS); nn.LSTM ignores it
-    init_range: Optional[float] = None  # uniform(-r, r) for every weight (Zaremba et al. 2014 use 0.05)
-    state_clip: Optional[float] = 25.0  # searched cells only: clamp unbounded operands to ±clip (see cells.py)
+    dropout_emb: float = rule(0.0, DROPOUT)  # drops whole words of the embedding matrix (Gal & Ghahramani 2016)
+    dropout_in: float = rule(0.0, DROPOUT)  # locked dropout on the embeddings
+    dropout_out: float = rule(0.0, DROPOUT)  # locked dropout on every layer's output
+    dropout_h: float = rule(0.0, DROPOUT)  # variational dropout on h_{t-1} inside searched cells (ENAS); nn.LSTM ignores it
+    init_range: Optional[float] = rule(None, OPT_POSITIVE)  # uniform(-r, r) for every weight (Zaremba et al. 2014: 0.05)
+    state_clip: Optional[float] = rule(25.0, OPT_POSITIVE)  # searched cells only: clamp unbounded operands to ±clip (cells.py)
+
+    @staticmethod
+    def cross_check(cfg: Any, key: Callable[[str], str]) -> None:
+        if cfg.tie_weights and cfg.emb_size != cfg.hidden_size:
+            raise ConfigError(
+                f"{key('tie_weights')}=true needs {key('emb_size')} == {key('hidden_size')} (got {cfg.emb_size} and "
+                f"{cfg.hidden_size}): set both to one value or {key('tie_weights')}=false")
 
 
 def cell_config(cfg: Any) -> CellConfig:
@@ -290,3 +298,14 @@ def build_model(cfg: Any, vocab_size: int, genotype: Genotype | None = None,
     """The one factory of language models: nn.LSTM cores (``cfg.core=lstm``), nn.GRU cores (``gru``),
     ``FixedCell(genotype)`` cores (``cell``), or, with ``space``, the search supernet (one ``SharedCell``)."""
     return RNNLM(vocab_size, build_cores(cfg, cfg.emb_size, genotype, space), cfg)
+
+
+def build_lm(cfg: Any, vocab_size: int, genotype: Genotype | None = None) -> RNNLM:
+    """The language model a model config describes: nn.LSTM / nn.GRU cores (``genotype`` None) or
+    ``FixedCell(genotype)`` cores (``cfg.core=cell``). Every trained model of the project is built here."""
+    kind = CoreKind(cfg.core)
+    if kind == CoreKind.cell and genotype is None:
+        raise ConfigError("model.core=cell needs a genotype: set cell=<name or genotype.json>")
+    if kind != CoreKind.cell and genotype is not None:
+        raise ConfigError(f"a genotype was given but model.core={kind.value}: set model=cell to train the cell")
+    return build_model(cfg, vocab_size, genotype)

@@ -1,28 +1,45 @@
-"""What every app run shares: the device, the data splits, strict JSON, TensorBoard hparams.
+"""What every app run shares: the device, the data splits, strict JSON.
 
-``resolve_device`` is the only place in the package that chooses a device; ``load_splits`` the
-only place that turns a data config into [T, B] streams.
+``resolve_device`` is the only place in the package that chooses a device (``check_device`` says,
+without side effects, whether a device string can be used here); ``load_splits`` the only place that
+turns a data config into [T, B] streams. Run folders are ``enas_rnn.runfolder``'s.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import math
-import os
-from collections.abc import Iterator
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 
 from enas_rnn.checkpoint import write_text_atomic
 from enas_rnn.corpus import Corpus, batchify, load_corpus, resolve_root
-from enas_rnn.errors import ConfigError, UserError
+from enas_rnn.errors import ConfigError
+
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+#: The value rule of every app's ``device`` key (the form); :func:`check_device` also asks the machine.
+DEVICE_RULE = (lambda v: isinstance(v, str) and bool(_DEVICE_RE.match(v)), "auto, cpu, cuda, cuda:N, mps")
+
+
+def check_device(name: str) -> None:
+    """A ConfigError unless ``name`` names a device this machine has (no side effects: run before any work)."""
+    name = str(name)
+    if not _DEVICE_RE.match(name):
+        raise ConfigError(f"invalid config value device={name!r}: valid values are {DEVICE_RULE[1]}")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name} but CUDA is not available here: use device=auto or device=cpu")
+        if ":" in name and int(name.split(":")[1]) >= torch.cuda.device_count():
+            raise ConfigError(f"device={name} but this machine has {torch.cuda.device_count()} CUDA device(s): "
+                              f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}, or device=auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise ConfigError("device=mps but Apple's MPS backend is not available here: use device=auto or device=cpu")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -34,8 +51,7 @@ def resolve_device(name: str) -> torch.device:
     flush_denormals()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but CUDA is not available here: use device=auto or device=cpu")
+    check_device(name)
     return torch.device(name)
 
 
@@ -101,85 +117,6 @@ def strict(o: Any) -> Any:
 def write_json(path: str | Path, obj: Any) -> Path:
     """Writes strict JSON atomically (NaN and infinities become null, so every reader accepts it)."""
     return write_text_atomic(path, json.dumps(strict(obj), indent=2, allow_nan=False) + "\n")
-
-
-class RunFolderBusy(UserError):
-    """Another process holds the run folder's lock."""
-
-
-LOCK_NAME = ".lock"
-
-
-@contextlib.contextmanager
-def folder_lock(folder: str | Path, what: str = "run", wait: bool = False, create: bool = True,
-                name: str = LOCK_NAME) -> Iterator[None]:
-    """Holds ``<folder>/.lock`` (an OS file lock, released even if the process dies) while the block runs.
-
-    Without ``wait`` a second process is refused with a message naming the folder; with ``wait`` it
-    blocks until the first is done (e.g. two pipelines that need the same cached baseline run). A folder
-    to resume is never created (``create=False``): a mistyped path is an error, not a new empty folder.
-    """
-    folder = Path(folder)
-    if not create and not folder.is_dir():
-        raise ConfigError(f"resume={folder}: no such folder; pass the folder of an earlier run")
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / name, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            raise RunFolderBusy(
-                f"{folder} is in use by another {what} that is still running (it holds {folder / name}): "
-                "wait for it to finish, or start this one in another folder (hydra.run.dir=<new folder>)"
-            ) from None
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
-
-
-#: What an app leaves in a run folder once it has started (Hydra's own .hydra/ and log do not count).
-RUN_MARKERS: tuple[str, ...] = ("metrics.json", "checkpoints", "search_history.jsonl", "diverged.json")
-
-
-def refuse_occupied(run_dir: str | Path, app: str) -> None:
-    """A fresh run never writes into a folder that holds another run: it would replace its files."""
-    run_dir = Path(run_dir)
-    found = [m for m in RUN_MARKERS if (run_dir / m).exists()]
-    if found:
-        state = "a finished" if (run_dir / "metrics.json").exists() else "an unfinished"
-        raise ConfigError(
-            f"{run_dir} already holds {state} run ({', '.join(found)}); nothing was changed. Continue it with "
-            f"{app} resume={run_dir}, or start a new run in another folder (drop hydra.run.dir= for a fresh one)"
-        )
-
-
-#: Keys a resumed run takes from the new command; every other override must agree with the saved run.
-FOLLOW_ON_RESUME: tuple[str, ...] = ("resume", "device", "train.progress", "shared_train.progress", "experiment")
-
-
-def check_resume_overrides(overrides: Sequence[str], given: Any, saved: Any) -> None:
-    """Refuses command-line overrides that a resumed run cannot apply (its saved config is its identity).
-
-    ``overrides`` are the ``key=value`` strings of the command (Hydra's ``overrides.task``), ``given``
-    the config they composed and ``saved`` the run's own. An override whose key has the same value in
-    both is harmless; one that would change the run is an error naming both values.
-    """
-    bad = []
-    for o in overrides:
-        key = o.partition("=")[0].lstrip("+~").split("@")[-1]
-        if key.startswith("hydra") or key in FOLLOW_ON_RESUME:
-            continue
-        new, old = OmegaConf.select(given, key, default=None), OmegaConf.select(saved, key, default=None)
-        as_plain = (lambda v: OmegaConf.to_container(v, resolve=True, enum_to_str=True)  # noqa: E731
-                    if OmegaConf.is_config(v) else (v.value if hasattr(v, "value") else v))
-        if as_plain(new) != as_plain(old):
-            shown = as_plain(old)
-            bad.append(f"{o} (the run has {key}={shown})" if not isinstance(shown, (dict, list)) else o)
-    if bad:
-        raise ConfigError(
-            "resume= continues a saved run with its own settings, so these overrides cannot apply: "
-            + "; ".join(bad) + ". Drop them, or start a new run without resume="
-        )
 
 
 def config_digest(obj: Any) -> str:

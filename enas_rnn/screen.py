@@ -10,12 +10,14 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from torch import Tensor
 
+from enas_rnn.errors import ConfigError
 from enas_rnn.genotype import Genotype
-from enas_rnn.scores import HiddenCovConfig, LMSpec, MRSConfig, ScoreCache, make_score
+from enas_rnn.rules import INT0, INT1, OPT_INT1, one_of, rule
+from enas_rnn.scores import SCORES, HiddenCovConfig, LMSpec, MRSConfig, ScoreCache, make_score
 
 __all__ = ["ScreenConfig", "Screener", "make_screener", "SCREENED_REWARDS"]
 
@@ -27,22 +29,27 @@ SCREENED_REWARDS: tuple[str, ...] = ("skip", "min")
 class ScreenConfig:
     """Training-free pre-screening of children. ``name=none`` turns it off; else a registered score."""
 
-    name: str = "none"  # none | mrs | hidden_cov
-    candidates: int = 8  # K cells sampled per controller step
-    keep: int = 1  # top k by score evaluated on shared weights
+    name: str = rule("none", (lambda v: v == "none" or v in SCORES, lambda: "none or one of " + ", ".join(sorted(SCORES))))
+    candidates: int = rule(8, INT1)  # K cells sampled per controller step
+    keep: int = rule(1, INT1)  # top k by score evaluated on shared weights
     # How screened-out candidates enter REINFORCE: "skip" leaves them out of the update (their
     # sampling cost is only the score); "min" gives them the lowest reward of the evaluated ones,
     # teaching the controller to avoid what the score rejects.
-    screened_reward: str = "skip"
+    screened_reward: str = rule("skip", one_of(SCREENED_REWARDS))
     # Scorer settings. MRS for screening: few draws, CE on a tiny slice, and a relative
     # threshold (an absolute t means nothing for a 10k-word softmax); see conf/screen/mrs.yaml.
     mrs: MRSConfig = field(
         default_factory=lambda: MRSConfig(samples=4, error="ce", threshold_mode="quantile", quantile=0.1)
     )
     hidden_cov: HiddenCovConfig = field(default_factory=HiddenCovConfig)
-    bptt: Optional[int] = None  # rows of the fixed validation slice scored (None: data.bptt)
-    batch: Optional[int] = None  # its columns, from the validation stream (None: all eval_batch_size)
-    pool: int = 0  # quantile pool: 0 = this step's candidates only (stateless); n > 0: + last n distinct cells
+    bptt: Optional[int] = rule(None, OPT_INT1)  # rows of the fixed validation slice scored (None: data.bptt)
+    batch: Optional[int] = rule(None, OPT_INT1)  # its columns, from the validation stream (None: all eval_batch_size)
+    pool: int = rule(0, INT0)  # quantile pool: 0 = this step's candidates only (stateless); n > 0: + last n distinct cells
+
+    @staticmethod
+    def cross_check(cfg: Any, key: Callable[[str], str]) -> None:
+        if cfg.name != "none" and not 1 <= cfg.keep <= cfg.candidates:
+            raise ConfigError(f"{key('keep')}={cfg.keep} must be between 1 and {key('candidates')}={cfg.candidates}")
 
 
 class Screener:

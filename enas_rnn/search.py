@@ -15,6 +15,7 @@ A search folder holds::
     best_genotype.json      the derived cell (a genotype file: enas-train cell=<this file>)
     best_genotype.png       its picture
     top_genotypes.json      the top-k derived cells with their shared-weight perplexities
+    derived.json            every derived cell, ranked (where the pipeline's selection draws its candidates)
     search_history.jsonl    one line per evaluated child (step, hash, genotype, ppl, reward, ...)
     metrics.json            summary numbers
     checkpoints/last.pt     written at the end of every epoch; resume=<folder> continues
@@ -51,6 +52,19 @@ from enas_rnn.distance import distance_to_reference
 from enas_rnn.errors import CheckpointError, UserError
 from enas_rnn.genotype import Genotype
 from enas_rnn.model import RNNLM
+from enas_rnn.rules import (
+    FINITE,
+    INT0,
+    INT1,
+    NONNEG,
+    OPT_INT1,
+    OPT_POSITIVE,
+    POSITIVE,
+    fail,
+    number_in,
+    one_of,
+    rule,
+)
 from enas_rnn.runs import (
     load_splits,
     resolve_device,
@@ -61,6 +75,7 @@ from enas_rnn.runs import (
 from enas_rnn.screen import make_screener
 from enas_rnn.spaces import space_from_config
 from enas_rnn.strategies import (
+    STRATEGIES,
     ReinforceConfig,
     Strategy,
     make_strategy,
@@ -87,39 +102,47 @@ class SearchConfig:
     """The alternating loop and REINFORCE. Defaults: Pham et al. 2018 and carpedm20/ENAS-pytorch
     (config.py), cited per field; see conf/search/enas.yaml."""
 
-    strategy: str = "enas"  # enas | random
-    epochs: int = 150  # ENAS-pytorch max_epoch
-    shared_steps: Optional[int] = 400  # windows per shared phase (ENAS-pytorch); null: one pass over train
-    controller_steps: int = 2000  # controller updates per epoch (ENAS-pytorch controller_max_step)
-    children_per_step: int = 1  # children evaluated per controller update (enas_lm aggregates 10)
-    reward_c: float = 80.0  # reward = c / valid ppl (enas_lm REWARD_CONSTANT, ENAS-pytorch reward_c)
-    reward_batches: int = 1  # validation windows per child reward, rotating through the split
-    entropy_weight: float = 1e-4  # added to the reward (ENAS-pytorch entropy_coeff)
-    baseline_decay: float = 0.95  # EMA of the reward (ENAS-pytorch 0.9, enas_lm 0.999)
-    controller_lr: float = 3.5e-4  # Adam (Pham et al. 2018, 3.1)
-    controller_clip: Optional[float] = None
-    nonfinite_reward: float = 0.0  # reward of a child whose validation loss is not finite
+    strategy: str = rule("enas", one_of(STRATEGIES))  # enas | random
+    epochs: int = rule(150, INT1)  # ENAS-pytorch max_epoch
+    shared_steps: Optional[int] = rule(400, OPT_INT1)  # windows per shared phase (ENAS-pytorch); null: one pass over train
+    # controller updates per epoch (ENAS-pytorch controller_max_step); random search: children evaluated per epoch
+    controller_steps: int = rule(2000, INT0)
+    children_per_step: int = rule(1, INT1)  # children evaluated per controller update (enas_lm aggregates 10)
+    reward_c: float = rule(80.0, POSITIVE)  # reward = c / valid ppl (enas_lm REWARD_CONSTANT, ENAS-pytorch reward_c)
+    reward_batches: int = rule(1, INT1)  # validation windows per child reward, rotating through the split
+    entropy_weight: float = rule(1e-4, NONNEG)  # added to the reward (ENAS-pytorch entropy_coeff)
+    baseline_decay: float = rule(0.95, number_in(0.0, 1.0, hi_open=True))  # EMA of the reward (ENAS-pytorch 0.9, enas_lm 0.999)
+    controller_lr: float = rule(3.5e-4, POSITIVE)  # Adam (Pham et al. 2018, 3.1)
+    controller_clip: Optional[float] = rule(None, OPT_POSITIVE)
+    nonfinite_reward: float = rule(0.0, FINITE)  # reward of a child whose validation loss is not finite
     # Degenerate cells (h_t ignores the input, or - with require_memory - c_t carries nothing; decided
     # exactly from the genotype, Genotype.analysis): "mask" decodes only valid cells (the controller's
     # output decisions are masked, so its policy and gradient are those of the valid cells), "penalty"
     # gives them degenerate_reward without any evaluation so the controller may learn to avoid them,
     # "resample" draws again until a cell is valid, "off" treats them like any cell. Random search
     # samples the valid subset unless "off". No degenerate cell is trained or derived unless "off".
-    degenerate: str = "mask"
+    degenerate: str = rule("mask", one_of(DEGENERATE_MODES))
     require_memory: bool = True  # lstm space: a cell whose memory never carries the input is degenerate
-    degenerate_reward: float = 0.0  # as bad as a diverged child
-    derive_samples: int = 100  # cells drawn at derive time (ENAS-pytorch derive_num_sample)
-    derive_batches: int = 10  # validation windows, the same for every derived cell
+    degenerate_reward: float = rule(0.0, FINITE)  # as bad as a diverged child
+    derive_samples: int = rule(100, INT1)  # cells drawn at derive time (ENAS-pytorch derive_num_sample)
+    derive_batches: int = rule(10, INT1)  # validation windows, the same for every derived cell
     # The best derive_rerank cells are evaluated again on derive_rerank_batches windows, enough to
     # separate close cells; the ranking (and top_genotypes.json, the shortlist) uses those numbers.
-    derive_rerank: int = 10
-    derive_rerank_batches: int = 40
-    top_k: int = 5  # cells kept in top_genotypes.json
+    derive_rerank: int = rule(10, INT0)
+    derive_rerank_batches: int = rule(40, INT0)
+    top_k: int = rule(5, INT1)  # cells kept in top_genotypes.json
     # Stop after the first epoch that ends past this many seconds (then derive as usual): searches that
     # differ in cost per step (e.g. with and without screening) compared at equal budget. "process" counts
     # this process's CPU time (fair on a shared machine; equal to wall time on a dedicated core).
-    time_budget_s: Optional[float] = None
-    time_budget_clock: str = "wall"  # wall | process
+    time_budget_s: Optional[float] = rule(None, OPT_POSITIVE)
+    time_budget_clock: str = rule("wall", one_of(("wall", "process")))  # wall | process
+
+    @staticmethod
+    def cross_check(cfg: Any, key: Callable[[str], str]) -> None:
+        if cfg.strategy == "enas" and cfg.controller_steps < 1:
+            # Without controller steps ENAS never evaluates a child: the controller would never learn.
+            raise fail(key("controller_steps"), cfg.controller_steps,
+                       "an integer >= 1 for search.strategy=enas (0 only for random search)")
 
 
 @dataclass
@@ -430,6 +453,7 @@ class SearchRun:
         best_g = Genotype.from_dict(top[0]["genotype"])
         write_text_atomic(self.run_dir / "best_genotype.json", best_g.to_json() + "\n")
         write_json(self.run_dir / "top_genotypes.json", top[: s.top_k])
+        write_json(self.run_dir / "derived.json", top)  # every derived cell, best first (the selection's pool)
         fig = draw_genotype(best_g, self.run_dir / "best_genotype.png", title=f"best cell: derive ppl {top[0]['ppl']:.1f}")
         self.writer.add_figure("search/best_cell", fig, st.controller_step)
         self.writer.add_text("search/best_genotype", cell_markdown(best_g, f"derive ppl {top[0]['ppl']:.1f}"),

@@ -34,7 +34,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -43,12 +43,14 @@ from torch import Tensor, nn
 from enas_rnn.errors import ConfigError
 from enas_rnn.genotype import Genotype
 from enas_rnn.model import build_cores, count_parameters
+from enas_rnn.rules import INT0, INT1, NONNEG, OPT_INT1, OPT_NONNEG, POSITIVE, check_values, fail, one_of, rule
 from enas_rnn.train import check_skipped, guarded_step
 
 __all__ = ["TaskKind", "TaskConfig", "TaskTrainConfig", "TaskData", "TaskModel", "TaskResult", "make_task",
            "build_task_model", "evaluate_task", "fit_task", "validate_task", "task_model_summary", "make_optimizer",
            "SINE_STEP", "OPTIMIZERS"]
 
+OPTIMIZERS = ("adam", "sgd")
 SINE_STEP = 0.1  # sampling interval of the sine series: 10 points a period (the authors' data/sin config)
 
 
@@ -64,61 +66,47 @@ class TaskConfig:
     """A synthetic data set: the task, its shape and its size (seeded)."""
 
     name: TaskKind = TaskKind.nth
-    seq_len: int = 5  # nth: length of each sequence; sine: the look-back window
+    seq_len: int = rule(5, INT1)  # nth: length of each sequence; sine: the look-back window
     features: int = 10  # nth: F, the number of symbols (one-hot width); sine: unused (one scalar per step)
     position: int = 2  # nth: the answer is the element at this 0-based position
-    train_size: int = 1000  # examples (sequences / windows) in the training set
-    valid_size: int = 250
-    test_size: int = 1000
+    train_size: int = rule(1000, INT1)  # examples (sequences / windows) in the training set
+    valid_size: int = rule(250, INT1)
+    test_size: int = rule(1000, INT1)
     seed: int = 0  # the data's own seed (the model's is the app's seed)
+
+    @staticmethod
+    def cross_check(cfg: Any, key: Callable[[str], str]) -> None:
+        if TaskKind(cfg.name) != TaskKind.nth:
+            return
+        if cfg.features < 2:
+            raise fail(key("features"), cfg.features, "integers >= 2")
+        if not 0 <= cfg.position < cfg.seq_len:
+            raise fail(key("position"), cfg.position, f"0 .. {key('seq_len')} - 1 = {cfg.seq_len - 1} (0-based index "
+                       "of the element to recall)")
 
 
 @dataclass
 class TaskTrainConfig:
     """Mini-batch training on a synthetic task (Adam by default, as Brownlee and the MRS authors use)."""
 
-    optimizer: str = "adam"  # adam | sgd
-    lr: float = 0.01
-    batch_size: int = 32
-    max_steps: int = 1000  # the budget in optimiser steps (the same for every data-set size)
-    clip: float = 5.0  # global gradient-norm clip
-    weight_decay: float = 0.0
-    eval_every: int = 100  # steps between validations (and at the end)
-    patience: Optional[int] = None  # stop after this many validations without improvement; None: never
-    stop_at: Optional[float] = None  # stop once the valid metric reaches it (accuracy >= it, MAE <= it); None: never
-    max_nonfinite: int = 20  # skipped non-finite steps tolerated before the run stops
-    eval_batch_size: int = 1000
-
-
-OPTIMIZERS = ("adam", "sgd")
+    optimizer: str = rule("adam", one_of(OPTIMIZERS))  # adam | sgd
+    lr: float = rule(0.01, POSITIVE)
+    batch_size: int = rule(32, INT1)
+    max_steps: int = rule(1000, INT1)  # the budget in optimiser steps (the same for every data-set size)
+    clip: float = rule(5.0, POSITIVE)  # global gradient-norm clip
+    weight_decay: float = rule(0.0, NONNEG)
+    eval_every: int = rule(100, INT1)  # steps between validations (and at the end)
+    patience: Optional[int] = rule(None, OPT_INT1)  # stop after this many validations without improvement; None: never
+    # stop once the valid metric reaches it (accuracy >= it, MAE <= it); None: never
+    stop_at: Optional[float] = rule(None, OPT_NONNEG)
+    max_nonfinite: int = rule(20, INT0)  # skipped non-finite steps tolerated before the run stops
+    eval_batch_size: int = rule(1000, INT1)
 
 
 def validate_task(task: Any, train: Any) -> None:
-    """Value checks of a task and its training config; ConfigError names the key and the valid values."""
-    kind = TaskKind(task.name)
-    for key in ("seq_len", "train_size", "valid_size", "test_size"):
-        if task[key] < 1:
-            raise ConfigError(f"invalid config value task.{key}={task[key]!r}: valid values are integers >= 1")
-    if kind == TaskKind.nth:
-        if task.features < 2:
-            raise ConfigError(f"invalid config value task.features={task.features!r}: valid values are integers >= 2")
-        if not 0 <= task.position < task.seq_len:
-            raise ConfigError(f"invalid config value task.position={task.position!r}: valid values are 0 .. "
-                              f"task.seq_len - 1 = {task.seq_len - 1} (0-based index of the element to recall)")
-    if train.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"invalid config value train.optimizer={train.optimizer!r}: valid values are "
-                          f"{', '.join(OPTIMIZERS)}")
-    for key in ("lr", "clip"):
-        if not train[key] > 0:
-            raise ConfigError(f"invalid config value train.{key}={train[key]!r}: valid values are floats > 0")
-    for key in ("batch_size", "max_steps", "eval_every", "eval_batch_size"):
-        if train[key] < 1:
-            raise ConfigError(f"invalid config value train.{key}={train[key]!r}: valid values are integers >= 1")
-    if train.stop_at is not None and not train.stop_at >= 0:
-        raise ConfigError(f"invalid config value train.stop_at={train.stop_at!r}: valid values are numbers >= 0 or null")
-    if train.patience is not None and train.patience < 1:
-        raise ConfigError(f"invalid config value train.patience={train.patience!r}: valid values are integers >= 1 "
-                          "or null")
+    """Value checks of a task and its training config (each field's rule, and the task's cross checks)."""
+    check_values(task, TaskConfig, "task.")
+    check_values(train, TaskTrainConfig, "train.")
 
 
 # ====================================================================================================================

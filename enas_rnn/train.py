@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from enas_rnn.corpus import DataConfig, get_batch, sample_seq_len
 from enas_rnn.errors import TrainingDiverged
 from enas_rnn.model import RNNLM, Hidden, detach_hidden
+from enas_rnn.rules import INT0, INT1, NONNEG, OPT_INT1, POSITIVE, number_in, rule
 
 CoreKwargsFn = Callable[[], dict[str, Any]]
 log = logging.getLogger(__name__)
@@ -35,18 +36,19 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """The one LM loop: SGD, clipping, BPTT, lr decay, fault handling, checkpoints."""
 
-    lr: float = 20.0
-    epochs: int = 6
-    max_steps: Optional[int] = None  # stop after this many optimiser steps (a budget)
-    clip: float = 0.25
-    weight_decay: float = 0.0
-    lr_decay: float = 1.0  # lr *= lr_decay after every epoch >= decay_start (Zaremba et al. 2014)
-    decay_start: int = 1
-    max_nonfinite: int = 20  # skipped non-finite steps tolerated before the run stops
-    log_every: int = 50  # steps between TensorBoard train scalars
-    eval_every: Optional[int] = None  # steps between mid-epoch validations (learning curves); None: per epoch
-    eval_batches: Optional[int] = None  # cap on validation windows (fast presets); None: the whole split
-    checkpoint_every: Optional[int] = 200  # steps between mid-epoch checkpoints; one is always written per epoch
+    lr: float = rule(20.0, POSITIVE)
+    epochs: int = rule(6, INT1)
+    max_steps: Optional[int] = rule(None, OPT_INT1)  # stop after this many optimiser steps (a budget)
+    clip: float = rule(0.25, POSITIVE)
+    weight_decay: float = rule(0.0, NONNEG)
+    # lr *= lr_decay after every epoch >= decay_start (Zaremba et al. 2014)
+    lr_decay: float = rule(1.0, number_in(0.0, 1.0, lo_open=True))
+    decay_start: int = rule(1, INT0)
+    max_nonfinite: int = rule(20, INT0)  # skipped non-finite steps tolerated before the run stops
+    log_every: int = rule(50, INT1)  # steps between TensorBoard train scalars
+    eval_every: Optional[int] = rule(None, OPT_INT1)  # steps between mid-epoch validations (learning curves); None: per epoch
+    eval_batches: Optional[int] = rule(None, OPT_INT1)  # cap on validation windows (fast presets); None: the whole split
+    checkpoint_every: Optional[int] = rule(200, OPT_INT1)  # steps between mid-epoch checkpoints; one is always written per epoch
     progress: Optional[bool] = None  # tqdm progress bar; None: only when stderr is a terminal (never frames in a log)
 
 

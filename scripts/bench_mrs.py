@@ -27,16 +27,17 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
-from enas_rnn.apps.mrs import make_train_config, scoring_slice
-from enas_rnn.apps.train import build_lm
+from enas_rnn.model import CoreKind, build_lm
+from enas_rnn.scores.lm import scoring_slice
+from enas_rnn.trainrun import TrainRunConfig
 from enas_rnn.conf import register_configs
 from enas_rnn.runs import load_splits
 from enas_rnn.scores.lm import ScoreCache, mrs_score_genotype
@@ -122,12 +123,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             lambda: evaluate(supernet, splits.valid, scfg.data.bptt, scfg.search.reward_batches, 0, genotype=g),
             args.repeats))
         # Training: time a few steps of the one loop at the study's sizes and extrapolate.
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "cell.json"
-            g.to_json(path)
-            run = make_train_config(mcfg, path)
-            with torch.random.fork_rng():
-                model, _ = build_lm(run, vocab)
+        run = OmegaConf.merge(OmegaConf.structured(TrainRunConfig),
+                              {"data": mcfg.data, "model": mcfg.model, "train": mcfg.train})
+        run.model.core = CoreKind.cell
+        with torch.random.fork_rng():
+            model = build_lm(run.model, vocab, g)
         opt = torch.optim.SGD(model.parameters(), lr=run.train.lr)
         state = LoopState(lr=run.train.lr)
         train_steps(model, opt, splits.train, state, run.train, run.data, 1)  # warm-up

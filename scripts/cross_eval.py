@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from enas_rnn.apps.search import load_supernet
+from enas_rnn.supernet import load_supernet
 from enas_rnn.genotype import load_genotype
 from enas_rnn.supernet import evaluate_cells
 

@@ -9,9 +9,9 @@ from typing import Callable
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from enas_rnn.conf import compose_app as _compose_app
 from enas_rnn.conf import register_configs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,8 +54,7 @@ def tiny_corpus(tmp_path: Path) -> Path:
 
 def compose_app(config_name: str, overrides: list[str]) -> DictConfig:
     """Builds the real config of an app (conf/<config_name>.yaml) with overrides, as Hydra would."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name=config_name, overrides=overrides)
+    return _compose_app(config_name, overrides)
 
 
 @pytest.fixture

@@ -69,8 +69,8 @@ def test_tensorboard_shows_train_and_search_runs_side_by_side(tiny_corpus: Path,
     from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
     from tensorboard.plugins.hparams import metadata
 
-    from enas_rnn.apps.search import run_search
-    from enas_rnn.apps.train import train_lm
+    from enas_rnn.searchrun import run_search
+    from enas_rnn.trainrun import train_lm
 
     train_lm(compose_app("train", ["experiment=smoke", f"data.root={tiny_corpus}", "model=cell", "cell=lstm"]),
              tmp_path / "t")

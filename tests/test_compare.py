@@ -14,16 +14,18 @@ from pathlib import Path
 import pytest
 from conftest import REPO, compose_app
 
-from enas_rnn.apps.compare import (
+from enas_rnn.comparison import (
     BASELINE,
     count_lm_parameters,
     make_run_config,
     match_hidden_size,
     run_compare,
     summarize,
+    verdict,
 )
 from enas_rnn.errors import ConfigError
-from enas_rnn.genotype import GenotypeError
+from enas_rnn.genotype import GenotypeError, load_genotype
+from enas_rnn.runfolder import RunFolder
 from enas_rnn.model import CoreKind
 from enas_rnn.spaces import make_space
 from enas_rnn.stats import mean_sd, welch_p
@@ -49,15 +51,16 @@ def test_parameter_matching_within_two_percent(tmp_path: Path, cell: str, tie: b
     cfg = compose_app("compare", [f"cell={cell}", "model.emb_size=200", "model.hidden_size=200",
                                   "model.num_layers=2", f"model.tie_weights={str(tie).lower()}"])
     vocab = 10_000  # PTB
-    target = count_lm_parameters(make_run_config(cfg, core=CoreKind.lstm, cell="lstm", seed=0, hidden_size=200), vocab)
+    target = count_lm_parameters(make_run_config(cfg, core=CoreKind.lstm, seed=0, hidden_size=200), vocab)
+    g = load_genotype(cell)
 
     def count(h: int) -> int:
-        return count_lm_parameters(make_run_config(cfg, core=CoreKind.cell, cell=cell, seed=0, hidden_size=h), vocab)
+        return count_lm_parameters(make_run_config(cfg, core=CoreKind.cell, seed=0, hidden_size=h), vocab, g)
 
     h, tried = match_hidden_size(count, target, start=200)
     assert abs(tried[h] / target - 1) <= 0.02
     assert abs(tried[h] - target) <= min(abs(count(h - 1) - target), abs(count(h + 1) - target))
-    run_cfg = make_run_config(cfg, core=CoreKind.cell, cell=cell, seed=0, hidden_size=h)
+    run_cfg = make_run_config(cfg, core=CoreKind.cell, seed=0, hidden_size=h)
     assert run_cfg.model.emb_size == (h if tie else 200)  # tied weights: the embedding follows the hidden size
 
 
@@ -133,6 +136,7 @@ def test_smoke_comparison_table(tiny_corpus: Path, tmp_path: Path) -> None:
 
     # Run again in the same folder: everything is reused, nothing retrained, same numbers.
     (out / "runs" / "lstm_same_seed0" / "metrics.json").unlink()  # as if interrupted after its last checkpoint
+    RunFolder(out / "runs" / "lstm_same_seed0", "enas-train").update(status="interrupted")
     again = run_compare(_smoke_cfg(tiny_corpus), out)
     status = {r["name"]: r["status"] for r in again["runs"]}
     assert status["lstm_same_seed0"] == "resumed"
@@ -141,6 +145,26 @@ def test_smoke_comparison_table(tiny_corpus: Path, tmp_path: Path) -> None:
     # A different config in the same folder is refused, naming the key.
     with pytest.raises(ConfigError, match="train.lr"):
         run_compare(_smoke_cfg(tiny_corpus, "train.lr=5"), out)
+    # The headline says only what the seeds support: a p >= alpha difference is a tie, one seed is untested.
+    v = verdict(report)
+    assert v["outcome"] in ("tie", "beats", "loses") and ("ties nn.LSTM" in v["text"]) == (v["outcome"] == "tie")
+
+
+def test_verdict_says_only_what_the_seeds_support() -> None:
+    def report(cell: list[float], base: list[float]) -> dict:
+        rows = [{"model": m, "sizing": "matched" if m == "c" else "same", "seed": s, "hidden_size": 8, "emb_size": 8,
+                 "num_params": 10, "param_ratio": 0.0, "valid_ppl": v, "test_ppl": v, "tokens_per_s": 1.0,
+                 "wall_s": 1.0} for m, vals in ((BASELINE, base), ("c", cell)) for s, v in enumerate(vals)]
+        return {"cell": "c", "summary": summarize(rows, 0.05)}
+
+    one = verdict(report([100.0], [110.0]))
+    assert one["outcome"] == "untested" and one["text"].startswith("untested") and "100.00 vs 110.00" in one["text"]
+    tie = verdict(report([235.76, 235.80], [235.74, 235.70]))
+    assert tie["outcome"] == "tie" and tie["text"].startswith("ties nn.LSTM") and "loses" not in tie["text"]
+    win = verdict(report([100.0, 101.0, 100.5], [110.0, 111.0, 110.5]))
+    assert win["outcome"] == "beats" and win["text"].startswith("beats nn.LSTM")
+    lose = verdict(report([120.0, 121.0, 120.5], [110.0, 111.0, 110.5]))
+    assert lose["outcome"] == "loses" and lose["text"].startswith("loses to nn.LSTM")
 
 
 def test_bad_cell_fails_before_training(tiny_corpus: Path, tmp_path: Path) -> None:
@@ -153,6 +177,16 @@ def test_bad_cell_fails_before_training(tiny_corpus: Path, tmp_path: Path) -> No
     with pytest.raises(ConfigError, match="seeds"):
         run_compare(_smoke_cfg(tiny_corpus, "seeds=[0,0]"), tmp_path / "c")
     assert not (tmp_path / "a" / "runs").exists()
+
+
+@pytest.mark.slow
+def test_local_launcher_gives_the_serial_numbers(tiny_corpus: Path, tmp_path: Path) -> None:
+    args = ["experiment=smoke", f"data.root={tiny_corpus}", "cell=lstm", "seeds=[0,1]", "sizings=[same]",
+            "baselines=[lstm]", "train.max_steps=10"]
+    serial = run_compare(compose_app("compare", args), tmp_path / "serial")
+    local = run_compare(compose_app("compare", [*args, "launcher=local", "launcher.jobs=2"]), tmp_path / "local")
+    assert [(r["name"], r["valid_ppl"], r["test_ppl"]) for r in serial["runs"]] == \
+        [(r["name"], r["valid_ppl"], r["test_ppl"]) for r in local["runs"]]
 
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

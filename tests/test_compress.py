@@ -15,8 +15,9 @@ from conftest import compose_app, write_tiny_corpus
 from torch import nn
 
 from enas_rnn.apps.compress import run_compress
-from enas_rnn.apps.export import load_trained
-from enas_rnn.apps.train import train_lm
+from enas_rnn.runfolder import RunFolder
+from enas_rnn.trained import load_trained
+from enas_rnn.trainrun import train_lm
 from enas_rnn.compress import (
     Variant,
     apply_variant,
@@ -156,11 +157,15 @@ def test_compress_app_on_nn_lstm(runs: dict[str, Path], tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-S", "-c", script], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    # Again in the same folder: every variant is reused.
+    # Again in the same folder: the finished compression is read back (nothing retrained, no file changed) ...
+    assert run_compress(compose_app("compress", args), out) == json.loads((out / "compression.json").read_text())
+    # ... and one interrupted before its table reuses every finished variant.
+    RunFolder(out, "enas-compress").update(status="interrupted")
+    (out / "compression.json").unlink()
     again = run_compress(compose_app("compress", args), out)
     assert {r["status"] for r in again["variants"]} == {"reused"}
     assert [r["test_ppl"] for r in again["variants"]] == [r["test_ppl"] for r in report["variants"]]
-    with pytest.raises(ConfigError, match="other settings"):
+    with pytest.raises(ConfigError, match="differs in retrain.lr"):
         run_compress(compose_app("compress", [*args, "retrain.lr=3.0"]), out)
 
 

@@ -91,3 +91,39 @@ def test_no_branching_on_a_space_name_outside_its_module() -> None:
                 if ".space" in text or "space" in text.split("==")[0]:
                     found.append(f"{path.name}:{node.lineno}: {text}")
     assert not found, "\n".join(found)
+
+
+def _imports_of(path: Path, module: str) -> set[str]:
+    tree = ast.parse(path.read_text())
+    is_pkg = path.name == "__init__.py"
+    return {t for node in ast.walk(tree) for t in _targets(node, module, is_pkg)}
+
+
+def test_apps_are_used_only_by_their_entry_points() -> None:
+    """enas_rnn/apps/ holds app bodies: no other app, no library module and no script imports one (the library
+    parts they share live in the modules of their concepts: trainrun, searchrun, comparison, selection, trained)."""
+    found = []
+    for name, tree in _modules().items():
+        if name.startswith("enas_rnn.cli"):
+            continue
+        path = PKG.parent / (name.replace(".", "/") + ".py")
+        if not path.is_file():
+            path = PKG.parent / name.replace(".", "/") / "__init__.py"
+        for t in _imports_of(path, name):
+            if t.startswith("enas_rnn.apps.") and t.split(".")[2] != name.split(".")[-1] or \
+                    (t == "enas_rnn.apps" and not name.startswith("enas_rnn.apps")):
+                if name.startswith("enas_rnn.apps.") and t.startswith(name):
+                    continue
+                found.append(f"{name} imports {t}")
+    scripts = PKG.parent / "scripts"
+    for path in sorted(scripts.glob("*.py")):
+        for t in _imports_of(path, "scripts." + path.stem):
+            if t.startswith("enas_rnn.apps"):
+                found.append(f"scripts/{path.name} imports {t}")
+    assert not found, "\n".join(found)
+
+
+def test_every_config_value_rule_sits_beside_its_field() -> None:
+    """No table of value rules far from the fields: conf.py composes schemas, the rules are field metadata."""
+    text = (PKG / "conf.py").read_text()
+    assert "RULES" not in text and "check_section" not in text

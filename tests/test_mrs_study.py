@@ -11,7 +11,8 @@ from conftest import compose_app
 
 import enas_rnn.apps.mrs as study
 from enas_rnn.apps.mrs import run_study
-from enas_rnn.apps.search import run_search
+from enas_rnn.runfolder import RunFolder
+from enas_rnn.searchrun import run_search
 from enas_rnn.errors import ConfigError
 
 
@@ -54,16 +55,20 @@ def test_smoke_study_writes_everything_and_resumes(tiny_corpus: Path, tmp_path: 
     md = (out / study.SUMMARY_NAME).read_text()
     assert "spearman_p" in md and "kendall" in md and "## Degenerate cells" in md and "0.372" in md
 
-    # Resume: every cell is in the CSV, so nothing is trained again.
+    # Again: the finished study is read back ...
     def boom(*args, **kwargs):
         raise AssertionError("a finished cell was trained again")
 
-    monkeypatch.setattr(study, "train_cell", boom)
+    monkeypatch.setattr(study, "cell_job", boom)
+    again = run_study(study_cfg(tiny_corpus), out)
+    assert again["cells"] == len(rows)
+    # ... and an interrupted one trains no cell that is in the CSV already.
+    RunFolder(out, "enas-mrs").update(status="interrupted")
     again = run_study(study_cfg(tiny_corpus), out)
     assert again["cells"] == len(rows)
     assert [r["hash"] for r in csv.DictReader((out / study.CSV_NAME).open())] == [r["hash"] for r in rows]
     # another study's settings in the same folder are refused, not mixed in
-    with pytest.raises(ConfigError, match="other settings"):
+    with pytest.raises(ConfigError, match="differs in cells"):
         run_study(study_cfg(tiny_corpus, "cells=5"), out)
 
 

@@ -13,6 +13,7 @@ import pytest
 from conftest import REPO, compose_app
 
 import enas_rnn.apps.pipeline as pipeline_mod
+import enas_rnn.search as search_mod
 from enas_rnn.apps.pipeline import run_pipeline
 from enas_rnn.distance import graph_edit_distance
 from enas_rnn.errors import ConfigError
@@ -23,37 +24,48 @@ def pipe_cfg(root: Path, *extra: str):
     return compose_app("pipeline", ["experiment=smoke", f"data.root={root}", *extra])
 
 
-def test_smoke_pipeline_writes_every_stage_and_resumes(tiny_corpus: Path, tmp_path: Path, monkeypatch) -> None:
+def test_smoke_pipeline_writes_every_stage_and_is_never_rewritten(tiny_corpus: Path, tmp_path: Path,
+                                                                  monkeypatch) -> None:
     out = tmp_path / "p"
     metrics = run_pipeline(pipe_cfg(tiny_corpus), out)
-    for path in ("search/best_genotype.json", "select/shortlist.json", "select/shortlist.md", "compare/comparison.md",
-                 "export/export.json", "summary.md", "metrics.json", "winner.png"):
+    for path in ("search/best_genotype.json", "search/derived.json", "select/selection.json", "select/selection.md",
+                 "compare/comparison.md", "export/export.json", "summary.md", "metrics.json", "winner.png",
+                 "fidelity.png"):
         assert (out / path).is_file(), path
-    select = json.loads((out / "select" / "shortlist.json").read_text())
-    finite = [r for r in select["rows"] if r["valid_ppl"] is not None]
-    chosen = [r for r in select["rows"] if r["chosen"]]
-    assert len(chosen) == 1 and chosen[0]["valid_ppl"] == min(r["valid_ppl"] for r in finite)  # chosen by retraining
-    assert len(select["rows"]) == 2 and all(not r["degenerate"] for r in select["rows"])
-    winner = Genotype.from_json(out / select["winner_cell"])
-    assert metrics["winner"] == winner.hash() and not winner.is_degenerate()
+    select = json.loads((out / "select" / "selection.json").read_text())
+    assert select["strategy"] == "halving" and [len(r["cells"]) for r in select["rungs"]] == [3, 1]
+    winner = Genotype.from_dict(select["winner_genotype"])
+    assert metrics["winner"] == winner.hash() == select["winner"] and not winner.is_degenerate()
+    # the winner's comparison run at the configured size continued its selection run
+    same = json.loads((out / "compare" / "comparison.json").read_text())
+    (row,) = [r for r in same["runs"] if r["model"] == f"cell_{winner.hash()}" and r["sizing"] == "same"]
+    assert row["status"] == "resumed" and row["run_dir"].endswith(select["winner_run"])
     summary = (out / "summary.md").read_text()
-    assert "**Verdict:**" in summary and "nn.LSTM" in summary and "![winner](winner.png)" in summary
+    assert "**Verdict:** untested" in summary and "nn.LSTM" in summary and "![winner](winner.png)" in summary
+    assert "Ranking fidelity" in summary and "| supernet |" in summary
     assert f"edit distance to lstm: {graph_edit_distance(winner, get_named('lstm')).value}" in summary
     text = (out / "metrics.json").read_text()
     assert "Infinity" not in text and "NaN" not in text
+    assert set(metrics["fidelity"]) >= {"supernet", "rung0"}
     module = Path(metrics["export"]["module"])
     assert module.is_file() and "enas-pipeline" in module.read_text()
+    assert metrics["export"]["run"] == f"cell_{winner.hash()}_matched_seed0"  # the run the verdict is about
 
-    # A second invocation finds every stage done and redoes none of them.
+    # A second identical command is refused and changes no file; resume= finds every stage done, redoes none.
+    before = {str(p): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    with pytest.raises(ConfigError, match="already holds a finished run"):
+        run_pipeline(pipe_cfg(tiny_corpus), out)
+
     def boom(*args, **kwargs):
         raise AssertionError("a finished stage was run again")
 
-    for name in ("run_search", "run_compare", "run_one", "export_trained"):
+    for name in ("run_compare", "select_cells", "export_trained"):
         monkeypatch.setattr(pipeline_mod, name, boom)
     again = run_pipeline(pipe_cfg(tiny_corpus, f"resume={out}"), tmp_path / "ignored")
-    assert again["winner"] == metrics["winner"]
-    with pytest.raises(ConfigError, match="another pipeline"):
-        run_pipeline(pipe_cfg(tiny_corpus, "seed=5"), out)
+    assert again == metrics
+    assert {str(p): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+    with pytest.raises(ConfigError, match="differs in seed"):
+        run_pipeline(pipe_cfg(tiny_corpus, "seed=5"), out, mode="job")
 
 
 def test_an_interrupted_pipeline_continues_where_it_stopped(tiny_corpus: Path, tmp_path: Path, monkeypatch) -> None:
@@ -66,25 +78,66 @@ def test_an_interrupted_pipeline_continues_where_it_stopped(tiny_corpus: Path, t
     monkeypatch.setattr(pipeline_mod, "run_compare", crash)
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(pipe_cfg(tiny_corpus), out)
-    assert (out / "select" / "shortlist.json").is_file() and not (out / "compare" / "comparison.json").exists()
+    assert (out / "select" / "selection.json").is_file() and not (out / "compare" / "comparison.json").exists()
     stamp = (out / "search" / "metrics.json").stat().st_mtime
+    first = json.loads((out / "run.json").read_text())["seconds"]
     monkeypatch.setattr(pipeline_mod, "run_compare", real)
     time.sleep(0.01)
-    run_pipeline(pipe_cfg(tiny_corpus, f"resume={out}"), tmp_path / "x")
+    metrics = run_pipeline(pipe_cfg(tiny_corpus, f"resume={out}"), tmp_path / "x")
     assert (out / "summary.md").is_file() and (out / "search" / "metrics.json").stat().st_mtime == stamp
+    # stage times add up over invocations: the search's from the first, the comparison's from both
+    assert metrics["stage_seconds"]["search"] >= first["search"] > 0
+    assert metrics["stage_seconds"]["compare"] >= first["compare"]
 
 
+def test_a_pipeline_killed_before_the_searchs_first_checkpoint_resumes(tiny_corpus: Path, tmp_path: Path,
+                                                                      monkeypatch) -> None:
+    out = tmp_path / "p"
+    real = search_mod.SearchRun.shared_phase
+
+    def die(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search_mod.SearchRun, "shared_phase", die)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(pipe_cfg(tiny_corpus), out)
+    assert not (out / "search" / "checkpoints").exists()
+    monkeypatch.setattr(search_mod.SearchRun, "shared_phase", real)
+    metrics = run_pipeline(pipe_cfg(tiny_corpus, f"resume={out}"), tmp_path / "x")
+    assert metrics["winner"] and (out / "summary.md").is_file()
+
+
+def test_search_from_reuses_a_finished_search(tiny_corpus: Path, tmp_path: Path) -> None:
+    first = run_pipeline(pipe_cfg(tiny_corpus), tmp_path / "a")
+    second = run_pipeline(pipe_cfg(tiny_corpus, f"search_from={tmp_path / 'a'}", "select.strategy=topk",
+                                   "select.k=2", "select.max_steps=5"), tmp_path / "b")
+    assert json.loads((tmp_path / "b" / "search" / "metrics.json").read_text()) == first["search"]
+    assert second["select"]["strategy"] == "topk" and second["search_from"].endswith("a/search")
+
+
+@pytest.mark.slow
 def test_cli_smoke_pipeline_on_real_ptb(ptb_root: Path, tmp_path: Path) -> None:
-    """`enas-pipeline experiment=smoke` as a user runs it, on real PTB (CI runs it): under a minute."""
-    t0 = time.perf_counter()
+    """`enas-pipeline experiment=smoke` as a user runs it, on real PTB (CI runs it)."""
     res = subprocess.run([sys.executable, "-m", "enas_rnn.cli.pipeline", "experiment=smoke", f"data.root={ptb_root}",
-                          f"hydra.run.dir={tmp_path / 'p'}"], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          f"hydra.run.dir={tmp_path / 'p'}"], cwd=REPO, capture_output=True, text=True,
                          env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert res.returncode == 0, res.stderr[-3000:]
     final = json.loads(res.stdout.strip().splitlines()[-1])
     assert final["run_dir"] == str(tmp_path / "p") and "nn.LSTM" in final["verdict"]["text"]
-    assert (tmp_path / "p" / "pipeline.log").read_text().count("select: retraining shortlisted cell") == 2
-    print(f"pipeline smoke on PTB: {time.perf_counter() - t0:.1f} s")
+    log = (tmp_path / "p" / "pipeline.log").read_text()
+    assert "select: rung 0 (5 steps)" in log and "select: rung 1 (15 steps)" in log
+
+
+@pytest.mark.slow
+def test_local_launcher_gives_the_serial_pipeline(tiny_corpus: Path, tmp_path: Path) -> None:
+    """launcher=local runs the stages' jobs as processes: the same metrics to the last digit, the same winner."""
+    serial = run_pipeline(pipe_cfg(tiny_corpus), tmp_path / "serial")
+    local = run_pipeline(pipe_cfg(tiny_corpus, "launcher=local", "launcher.jobs=2"), tmp_path / "local")
+    assert local["winner"] == serial["winner"] and local["verdict"]["text"] == serial["verdict"]["text"]
+    for a, b in zip(serial["compare_summary"], local["compare_summary"]):
+        assert (a["model"], a["sizing"], a["valid_ppl_mean"], a["test_ppl_mean"]) == \
+            (b["model"], b["sizing"], b["valid_ppl_mean"], b["test_ppl_mean"])
+    assert serial["select"]["rungs"] == local["select"]["rungs"]
 
 
 def _lstm_with(**changes) -> Genotype:

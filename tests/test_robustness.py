@@ -19,11 +19,11 @@ import torch
 from conftest import REPO, compose_app
 
 import enas_rnn.supernet as supernet_mod
-from enas_rnn.apps.search import run_search
+from enas_rnn.searchrun import run_search
 from enas_rnn.checkpoint import LAST, load_resumable, previous, save_checkpoint
-from enas_rnn.conf import validate_search
+from enas_rnn.conf import validate
 from enas_rnn.errors import CheckpointError, ConfigError
-from enas_rnn.runs import folder_lock
+from enas_rnn.runfolder import RunFolder
 from enas_rnn.search import SearchDiverged
 
 SMOKE = ["experiment=smoke", "train.max_steps=20", "train.checkpoint_every=5", "train.eval_every=10"]
@@ -50,8 +50,8 @@ def one_line_error(res: subprocess.CompletedProcess, *fragments: str) -> str:
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and ".hydra" not in p.parts and not p.name.endswith(".log")}
+    """Every file of a folder, Hydra's record and the logs included: a refused command changes none of them."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 # ---------------------------------------------------------------------------------------- folder reuse
@@ -69,8 +69,12 @@ def test_a_finished_run_is_never_replaced_and_a_running_one_is_refused(tiny_corp
     one_line_error(cli("train", f"resume={run}", "train.lr=5"), "cannot apply", "train.lr=5", "the run has train.lr=20")
     # a concurrent start into a folder in use is refused
     busy = tmp_path / "busy"
-    with folder_lock(busy, "test"):
+    holder = RunFolder(busy, "enas-train")
+    holder._lock(wait=False)
+    try:
         one_line_error(cli("train", *SMOKE, f"data.root={tiny_corpus}", f"hydra.run.dir={busy}"), "in use")
+    finally:
+        holder._unlock()
 
 
 def test_search_into_a_finished_search_is_refused(tiny_corpus: Path, tmp_path: Path) -> None:
@@ -78,7 +82,7 @@ def test_search_into_a_finished_search_is_refused(tiny_corpus: Path, tmp_path: P
     run_search(cfg, tmp_path / "s")
     before = snapshot(tmp_path / "s")
     with pytest.raises(ConfigError, match="already holds a finished run"):
-        run_search(cfg, tmp_path / "s")
+        run_search(cfg, tmp_path / "s", mode="new")
     assert snapshot(tmp_path / "s") == before
     # and a train run cannot resume a search
     one_line_error(cli("train", f"resume={tmp_path / 's'}"), "not an enas-train run", "enas-search resume=")
@@ -119,7 +123,7 @@ def test_a_search_whose_children_all_diverge_writes_no_best(tiny_corpus: Path, t
 def test_every_value_is_checked_before_any_work(override: str, fragment: str) -> None:
     cfg = compose_app("search", ["experiment=smoke", override])
     with pytest.raises(ConfigError) as e:
-        validate_search(cfg)
+        validate(cfg, "enas-search")
     assert fragment in str(e.value)
 
 

@@ -12,7 +12,7 @@ import torch
 from conftest import compose_app
 
 import enas_rnn.search as search_mod
-from enas_rnn.apps.search import run_search
+from enas_rnn.searchrun import run_search
 from enas_rnn.errors import ConfigError
 from enas_rnn.genotype import get_named
 from enas_rnn.scores import HiddenCovConfig, LMSpec, MRSConfig

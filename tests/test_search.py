@@ -10,7 +10,8 @@ import pytest
 import torch
 from conftest import compose_app
 
-from enas_rnn.apps.search import load_supernet, run_search
+from enas_rnn.searchrun import run_search
+from enas_rnn.supernet import load_supernet
 from enas_rnn.errors import ConfigError
 from enas_rnn.genotype import Genotype
 
@@ -62,7 +63,7 @@ def test_resume_gives_the_same_search(tiny_corpus: Path, tmp_path: Path) -> None
             raise Kill
 
     with pytest.raises(Kill):
-        run_search(search_cfg(tiny_corpus, "model.dropout_in=0.3"), tmp_path / "cut", hook)
+        run_search(search_cfg(tiny_corpus, "model.dropout_in=0.3"), tmp_path / "cut", hook=hook)
     resumed = run_search(search_cfg(tiny_corpus, "model.dropout_in=0.3", f"resume={tmp_path / 'cut'}"), tmp_path / "x")
     for key in ("best_ppl", "best_hash", "controller_steps", "shared_steps", "children_evaluated"):
         assert resumed[key] == full[key], key

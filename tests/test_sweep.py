@@ -18,6 +18,7 @@ from conftest import REPO, compose_app
 import enas_rnn.apps.sweep as sweep_app
 from enas_rnn.apps.sweep import run_sweep_job
 from enas_rnn.errors import ConfigError, TrainingDiverged
+from enas_rnn.runfolder import RunFolder
 from enas_rnn.summary import (
     SummaryConfig,
     choose_axes,
@@ -27,7 +28,7 @@ from enas_rnn.summary import (
     summarize_multirun,
 )
 
-SWEEP = ["sweep_experiment=smoke", "train.max_steps=10", "train.eval_every=5", "task.train_size=64",
+SWEEP = ["experiment=smoke", "train.max_steps=10", "train.eval_every=5", "task.train_size=64",
          "task.valid_size=16", "task.test_size=32"]
 
 
@@ -44,7 +45,7 @@ def test_sweep_multirun_is_resumable_and_summarised(tmp_path: Path) -> None:
     jobs = sorted(p.name for p in out.iterdir() if p.is_dir())
     assert len(jobs) == 8
     # Folders are named after the job's overrides (sorted), so a rerun finds them.
-    assert ("core=gru,model.hidden_size=8,sweep_experiment=smoke,task.seq_len=5,task.test_size=32,"
+    assert ("core=gru,experiment=smoke,model.hidden_size=8,task.seq_len=5,task.test_size=32,"
             "task.train_size=64,task.valid_size=16,train.eval_every=5,train.max_steps=10") in jobs
     first = {j: json.loads((out / j / "metrics.json").read_text()) for j in jobs}
     m = next(iter(first.values()))
@@ -57,11 +58,12 @@ def test_sweep_multirun_is_resumable_and_summarised(tmp_path: Path) -> None:
     assert (out / "heatmap_test_acc.png").stat().st_size > 1000
     assert "### core = gru" in (out / "summary.md").read_text()
 
-    # Again, one job's result lost: only that job trains; the others are skipped, their files untouched.
+    # Again with resume=, one job interrupted: only that job trains; the others are reused, their files untouched.
     lost = jobs[3]
     (out / lost / "metrics.json").unlink()
+    RunFolder(out / lost, "enas-sweep").update(status="interrupted")
     stamps = {j: (out / j / "metrics.json").stat().st_mtime_ns for j in jobs if j != lost}
-    res = _run("enas_rnn.cli.sweep", args, tmp_path)
+    res = _run("enas_rnn.cli.sweep", [*args[:-1], f"resume={out}"], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count('"status": "reused"') == 7 and res.stdout.count('"status": "trained"') == 1
     assert stamps == {j: (out / j / "metrics.json").stat().st_mtime_ns for j in stamps}
@@ -73,7 +75,7 @@ def test_a_job_with_other_settings_is_refused(tmp_path: Path) -> None:
     cfg = compose_app("sweep", SWEEP)
     run_sweep_job(cfg, tmp_path)
     assert run_sweep_job(cfg, tmp_path)["status"] == "reused"
-    with pytest.raises(ConfigError, match="train.lr"):
+    with pytest.raises(ConfigError, match="differs in train.lr"):
         run_sweep_job(compose_app("sweep", [*SWEEP, "train.lr=0.5"]), tmp_path)
 
 

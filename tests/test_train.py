@@ -13,7 +13,8 @@ import pytest
 import torch
 from conftest import REPO, compose_app
 
-from enas_rnn.apps.train import train_lm
+from enas_rnn.runfolder import RunFolder
+from enas_rnn.trainrun import train_lm
 from enas_rnn.corpus import DataConfig
 from enas_rnn.errors import CheckpointError, ConfigError, TrainingDiverged
 from enas_rnn.model import ModelConfig, build_model, count_parameters
@@ -152,16 +153,18 @@ def test_typo_and_bad_choice_fail_at_composition() -> None:
 
 
 def test_corrupt_checkpoint_gives_clear_error(tiny_corpus: Path, tmp_path: Path) -> None:
-    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
-    ckpt.parent.mkdir(parents=True)
-    ckpt.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(CheckpointError, match="corrupt"):
-        train_lm(tiny_cfg(tiny_corpus, f"resume={tmp_path / 'run'}"), tmp_path / "x")
+    run = tmp_path / "run"
+    train_lm(tiny_cfg(tiny_corpus), run)
+    RunFolder(run, "enas-train").update(status="interrupted")  # as if killed after its last checkpoint
+    for name in ("last.pt", "last.prev.pt"):
+        (run / "checkpoints" / name).write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="cannot be resumed.*corrupt"):
+        train_lm(tiny_cfg(tiny_corpus, f"resume={run}"), tmp_path / "x")
     with pytest.raises(ConfigError, match="no such folder"):  # a mistyped resume= creates nothing
         train_lm(tiny_cfg(tiny_corpus, f"resume={tmp_path / 'nothing'}"), tmp_path / "y")
     assert not (tmp_path / "nothing").exists()
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CheckpointError, match="no checkpoint"):
+    with pytest.raises(ConfigError, match="no enas-train run there"):
         train_lm(tiny_cfg(tiny_corpus, f"resume={tmp_path / 'empty'}"), tmp_path / "z")
 
 

@@ -12,8 +12,8 @@ parametrisations) and evaluated on valid and test with its best-validation weigh
     variants/<name>/                    metrics.json and checkpoints/best.pt (an enas-train checkpoint)
     export/<module>.py + .safetensors   the chosen compressed model as a standalone module (enas-export)
 
-A variant folder that holds metrics.json from the same settings is reused, so an interrupted run
-continues with ``hydra.run.dir=<its folder>``. The exported module stores dense float32 tensors (it
+A variant folder that holds a finished variant with the same settings is reused, so an interrupted run
+continues with ``resume=<its folder>``. The exported module stores dense float32 tensors (it
 needs nothing but torch); the compressed size is the ``stored_bytes`` column.
 """
 
@@ -25,7 +25,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -33,8 +33,6 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 from safetensors import safe_open
 
-from enas_rnn.apps.export import load_trained, resolve_run
-from enas_rnn.apps.train import build_lm
 from enas_rnn.checkpoint import (
     load_checkpoint,
     save_checkpoint,
@@ -52,14 +50,17 @@ from enas_rnn.compress import (
     stored_bits,
     validate_compress,
 )
-from enas_rnn.conf import TrainAppConfig, validate_common
+from enas_rnn.conf import CompressAppConfig
 from enas_rnn.errors import ConfigError, TrainingDiverged
 from enas_rnn.export import export_trained
 from enas_rnn.genotype import Genotype
-from enas_rnn.model import CoreKind, count_parameters
+from enas_rnn.model import CoreKind, build_lm, count_parameters
+from enas_rnn.rules import check_values
+from enas_rnn.runfolder import Claim, RunFolder, check_resume_overrides, identity_of
 from enas_rnn.runs import load_splits, resolve_device, strict
 from enas_rnn.stats import fmt_num, to_markdown
 from enas_rnn.train import LoopState, evaluate, fit, perplexity
+from enas_rnn.trained import load_trained, resolve_run, run_config_of
 
 log = logging.getLogger(__name__)
 
@@ -68,27 +69,17 @@ __all__ = ["validate_compress_app", "load_run", "run_variant", "choose_export", 
 
 
 def validate_compress_app(cfg: DictConfig) -> None:
-    """Compress-only values; the retraining config is checked like enas-train's."""
+    """Every value of the compress app (the retraining's as ``retrain.*``)."""
     if OmegaConf.is_missing(cfg, "run"):
         raise ConfigError("run= is required: an enas-train run folder (nn.LSTM or a cell) with checkpoints/best.pt")
-    validate_compress(cfg.compress)
-    validate_common(OmegaConf.create({"device": cfg.device, "train": cfg.retrain}))
-    if cfg.batch_size is not None and cfg.batch_size < 1:
-        raise ConfigError(f"invalid config value batch_size={cfg.batch_size!r}: valid values are integers >= 1 or null")
-    if not cfg.export_tolerance >= 0:
-        raise ConfigError(f"invalid config value export_tolerance={cfg.export_tolerance!r}: valid values are >= 0")
+    check_values(cfg, CompressAppConfig)
 
 
 def load_run(run: str | Path) -> tuple[Path, dict[str, Any], DictConfig]:
-    """The run's best checkpoint, its payload and its (typed) enas-train config."""
+    """The run's best checkpoint, its payload and its (typed) training config."""
     ckpt, _ = resolve_run(run)
     payload = load_checkpoint(ckpt)
-    try:
-        run_cfg = OmegaConf.merge(OmegaConf.structured(TrainAppConfig), payload["config"])
-    except Exception as exc:  # omegaconf raises several types for a foreign config
-        raise ConfigError(f"{ckpt}: not an enas-train checkpoint ({str(exc).splitlines()[0]}); "
-                          "pass run=<an enas-train run folder>") from None
-    return ckpt, payload, run_cfg
+    return ckpt, payload, run_config_of(payload, ckpt)
 
 
 def _identity(cfg: DictConfig, ckpt: Path, step: int, variant: Variant) -> dict[str, Any]:
@@ -109,12 +100,18 @@ def run_variant(cfg: DictConfig, variant: Variant, model0: torch.nn.Module, spli
     """Compresses a copy of ``model0``, retrains it, evaluates it and saves it into ``folder``."""
     identity = _identity(cfg, ckpt, int(payload.get("step") or 0), variant)
     metrics_path = folder / "metrics.json"
-    if metrics_path.is_file():
-        old = json.loads(metrics_path.read_text())
-        if old.get("config") == identity:
+    with RunFolder(folder, VARIANT_APP).session(identity, "job", log_file=None) as claim:
+        if claim == Claim.reuse:
+            old = json.loads(metrics_path.read_text())
             return old if old.get("status") == "diverged" else {**old, "status": "reused"}
-        raise ConfigError(f"{folder} holds a variant made with other settings; start in a new folder "
-                          "(drop hydra.run.dir=) or restore the old settings")
+        row = _run_variant(cfg, variant, model0, splits, data_cfg, payload, folder, identity)
+        RunFolder(folder, VARIANT_APP).finish()
+        return row
+
+
+def _run_variant(cfg: DictConfig, variant: Variant, model0: torch.nn.Module, splits: Any, data_cfg: DictConfig,
+                 payload: dict[str, Any], folder: Path, identity: dict[str, Any]) -> dict[str, Any]:
+    metrics_path = folder / "metrics.json"
     seed_everything(cfg.seed)
     model = copy.deepcopy(model0)
     applied = apply_variant(model, variant, cfg.compress.scope, cfg.compress.kmeans_iters)
@@ -306,17 +303,41 @@ def plot_compression(report: dict[str, Any], path: Path) -> Optional[Path]:
 # ====================================================================================================================
 
 
-def run_compress(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+APP = "enas-compress"
+VARIANT_APP = "enas-compress variant"
+
+
+def run_compress(cfg: DictConfig, run_dir: str | Path, mode: str = "job", overrides: Sequence[str] = (),
+                 log_file: Optional[str] = "compress.log", hydra_record: Optional[dict[str, str]] = None
+                 ) -> dict[str, Any]:
     """Every variant of ``cfg.compress`` (and the control) from ``cfg.run``; writes the table, plot and export."""
     run_dir = Path(run_dir)
+    run = RunFolder(run_dir, APP)
+    if mode == "resume":
+        run.decide({}, "resume")  # no run there, or another app's: one clear line
+        record = run.record()
+        saved = OmegaConf.merge(OmegaConf.structured(CompressAppConfig), dict(record["identity"]))  # type: ignore[index]
+        check_resume_overrides(overrides, cfg, saved)
+        saved.device, saved.plot = cfg.device, cfg.plot
+        cfg = saved
     validate_compress_app(cfg)
+    with run.session(identity_of(cfg), mode, log_file=log_file, hydra_record=hydra_record) as claim:
+        if claim == Claim.reuse:
+            return json.loads((run_dir / "compression.json").read_text())
+        report = _run_compress(cfg, run_dir)
+        run.finish()
+        return report
+
+
+def _run_compress(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     ckpt, payload, run_cfg = load_run(cfg.run)
     device = resolve_device(cfg.device)
     data_cfg = run_cfg.data.copy()
     if cfg.batch_size is not None:
         data_cfg.batch_size = int(cfg.batch_size)
     splits = load_splits(data_cfg, device)
-    model0, _ = build_lm(run_cfg, len(splits.corpus.vocab))
+    genotype0 = Genotype.from_dict(payload["genotype"]) if payload.get("genotype") else None
+    model0 = build_lm(run_cfg.model, len(splits.corpus.vocab), genotype0)
     try:
         model0.load_state_dict(payload["state_dicts"]["model"])
     except (RuntimeError, KeyError) as exc:

@@ -9,7 +9,8 @@ For M cells sampled from a search space (plus the space's published cell), the s
   for RNN cells, as the competitor;
 * the parameter count, a free baseline every proxy should beat;
 * the validation/test perplexity after training from scratch for a fixed budget
-  (``train.max_steps``) through the one loop (:func:`enas_rnn.apps.train.train_lm`);
+  (``train.max_steps``) through the one loop (:func:`enas_rnn.trainrun.train_lm`; the trainings are
+  jobs of the ``launcher``, so ``launcher=local`` trains cells side by side while this process scores);
 * with ``search_run=<enas-search folder>``: the cell's perplexity with that run's shared weights,
 
 and reports Spearman and Kendall correlations (with p-values) of each statistic with the trained
@@ -18,10 +19,10 @@ and reports Spearman and Kendall correlations (with p-values) of each statistic 
     mrs_study.csv       one row per cell (scores, MRS samples, perplexities, seconds, genotype)
     mrs_scatter.png     each statistic against trained validation perplexity
     mrs_summary.md      setup, correlation tables, costs, per-cell table
-    cells/<hash>.json   the genotypes (each training run's ``cell=`` points here)
-    runs/<hash>/        an enas-train run folder per cell (metrics.json, tb/)
+    cells/<hash>.json   the genotypes (the record)
+    runs/<hash>/        a training run folder per cell (run.json, metrics.json, tb/)
 
-Resumable in the simple sense: cells whose row is already in the CSV are not redone; a cell
+Resumable (``resume=<study folder>``): cells whose row is already in the CSV are not redone; a cell
 whose training was interrupted continues from its last checkpoint.
 """
 
@@ -46,19 +47,23 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
-from enas_rnn.apps.search import load_supernet
-from enas_rnn.apps.train import train_lm
 from enas_rnn.checkpoint import LAST, checkpoint_dir, seed_everything
-from enas_rnn.conf import TrainAppConfig, check_section, validate_common
-from enas_rnn.errors import ConfigError, TrainingDiverged
+from enas_rnn.comparison import train_job, RunSpec
+from enas_rnn.conf import MRSAppConfig
+from enas_rnn.errors import ConfigError
 from enas_rnn.genotype import Genotype, get_named, space_type
+from enas_rnn.launch import make_executor
 from enas_rnn.model import CoreKind
-from enas_rnn.runs import folder_lock, load_splits, resolve_device, write_json
+from enas_rnn.rules import check_values
+from enas_rnn.runfolder import Claim, RunFolder, check_resume_overrides, identity_of
+from enas_rnn.runs import load_splits, resolve_device, write_json
 from enas_rnn.scores.hidden_cov import hidden_cov_score
-from enas_rnn.scores.lm import ScoreCache, lm_error_hi, mrs_score_genotype
+from enas_rnn.scores.lm import ScoreCache, lm_error_hi, mrs_score_genotype, scoring_slice
 from enas_rnn.scores.mrs import ThresholdTracker, score_from_errors
 from enas_rnn.spaces import make_space
 from enas_rnn.stats import correlation_table, to_markdown
+from enas_rnn.supernet import load_supernet
+from enas_rnn.trainrun import TrainRunConfig
 from enas_rnn.supernet import evaluate_cells
 
 log = logging.getLogger(__name__)
@@ -97,24 +102,8 @@ def expected_sign(stat: str) -> str:
 
 
 def validate_study(cfg: Any) -> None:
-    """Value checks of the study app (types are checked by the schema)."""
-    validate_common(cfg)
-    check_section(cfg.space, "space", "space")
-    if not cfg.variants:
-        raise ConfigError("variants={}: the study needs at least one MRS variant (see conf/mrs.yaml)")
-    for name, v in cfg.variants.items():
-        if not str(name).isidentifier():
-            raise ConfigError(f"invalid MRS variant name {name!r}: use letters, digits and _")
-        check_section(v, f"variants.{name}", "mrs")
-    check_section(cfg.hidden_cov, "hidden_cov", "hidden_cov")
-    if cfg.cells < 1:
-        raise ConfigError(f"invalid config value cells={cfg.cells!r}: valid values are integers >= 1")
-    if cfg.model.num_layers != 1:
-        raise ConfigError("the study scores and trains one-layer cell LMs: set model.num_layers=1")
-    if cfg.train.max_steps is None:
-        raise ConfigError("set train.max_steps: it is each cell's training budget")
-    if cfg.shared_batches < 1:
-        raise ConfigError(f"invalid config value shared_batches={cfg.shared_batches!r}: valid values are integers >= 1")
+    """Value checks of the study app (every field's rule and the study's cross checks)."""
+    check_values(cfg, MRSAppConfig)
 
 
 def sample_cells(space_name: str, num_nodes: int, n: int, seed: int, include_named: bool,
@@ -148,19 +137,13 @@ def sample_cells(space_name: str, num_nodes: int, n: int, seed: int, include_nam
     return live, dead
 
 
-def scoring_slice(valid: torch.Tensor, bptt: int, batch: Optional[int]) -> torch.Tensor:
-    """The fixed held-out slice the scores see: first ``bptt + 1`` rows of the first ``batch`` columns."""
-    cols = valid.size(1) if batch is None else min(int(batch), valid.size(1))
-    return valid[: int(bptt) + 1, :cols]  # [bptt + 1, batch]
-
-
-def make_train_config(cfg: DictConfig, cell_path: Path) -> DictConfig:
-    """A TrainAppConfig for one cell: the study's data/model/train with ``cell`` = its genotype file."""
+def make_train_config(cfg: DictConfig, label: str = "cell") -> DictConfig:
+    """A TrainRunConfig for one cell: the study's data/model/train (the genotype goes beside it, in process)."""
     run = OmegaConf.merge(
-        OmegaConf.structured(TrainAppConfig), {"data": cfg.data, "model": cfg.model, "train": cfg.train}
+        OmegaConf.structured(TrainRunConfig), {"data": cfg.data, "model": cfg.model, "train": cfg.train}
     )
     run.model.core = CoreKind.cell
-    run.cell = str(cell_path)
+    run.cell = label
     run.seed = cfg.seed
     run.device = cfg.device
     run.experiment = cfg.get("experiment")
@@ -170,22 +153,10 @@ def make_train_config(cfg: DictConfig, cell_path: Path) -> DictConfig:
 # ------------------------------------------------------------------------------------- training
 
 
-def train_cell(cfg: DictConfig, cell_path: Path, folder: Path) -> dict[str, Any]:
-    """Trains one cell with :func:`enas_rnn.apps.train.train_lm` (reusing or resuming ``folder``)."""
-    if (folder / "metrics.json").is_file():
-        return json.loads((folder / "metrics.json").read_text())
-    run = make_train_config(cfg, cell_path)
-    if (checkpoint_dir(folder) / LAST).is_file():
-        run.resume = str(folder)
-    try:
-        metrics = train_lm(run, folder)
-    except TrainingDiverged as exc:
-        # A cell that diverges is a result: it gets an infinite perplexity and the study goes on.
-        metrics = {"valid_ppl": math.inf, "test_ppl": math.inf, "num_params": None, "wall_s": None,
-                   "error": str(exc)}
-    if not cfg.keep_checkpoints:
-        shutil.rmtree(checkpoint_dir(folder), ignore_errors=True)
-    return metrics
+def cell_job(cfg: DictConfig, g: Genotype, folder: Path) -> Any:
+    """The training of one cell as an executor job (a diverged cell is a result: infinite perplexity)."""
+    spec = RunSpec(g.hash(), g.hash(), "same", int(cfg.seed), make_train_config(cfg, g.hash()), g)
+    return train_job(spec, folder)
 
 
 @torch.no_grad()
@@ -430,33 +401,35 @@ def _release_memory() -> None:
         pass
 
 
-def run_study(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+APP = "enas-mrs"
+RESULT_NAME = "study.json"  # what run_study returned, for a finished study read back
+#: Keys that do not change a study's results beyond the ignore list every run has (plots, checkpoints kept).
+_STUDY_IGNORED = ("plot", "keep_checkpoints", "search_run")
+
+
+def run_study(cfg: DictConfig, run_dir: str | Path, mode: str = "job", overrides: Sequence[str] = (),
+              log_file: Optional[str] = "mrs.log", hydra_record: Optional[dict[str, str]] = None) -> dict[str, Any]:
     """Runs (or continues) the study in ``run_dir``; returns the correlation tables and file paths."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run = RunFolder(run_dir, APP)
+    if mode == "resume":
+        run.decide({}, "resume")  # no run there, or another app's: one clear line
+        record = run.record()
+        saved = OmegaConf.merge(OmegaConf.structured(MRSAppConfig), dict(record["identity"]))  # type: ignore[index]
+        check_resume_overrides(overrides, cfg, saved)
+        for key in ("device", "launcher", *_STUDY_IGNORED):
+            saved[key] = cfg[key]
+        cfg = saved
     validate_study(cfg)
-    with folder_lock(run_dir, "enas-mrs study"):
-        _check_study_folder(cfg, run_dir)
-        return _run_study(cfg, run_dir)
-
-
-STUDY_CONFIG = "study_config.json"
-
-
-def _check_study_folder(cfg: DictConfig, run_dir: Path) -> None:
-    """A study continues only with its own settings: another study's folder is refused, never mixed."""
-    mine = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    for key in ("device", "plot", "search_run", "keep_checkpoints"):
-        mine.pop(key, None)
-    mine.get("train", {}).pop("progress", None)
-    recorded = run_dir / STUDY_CONFIG
-    if recorded.is_file():
-        old = json.loads(recorded.read_text())
-        if old != mine:
-            raise ConfigError(f"{run_dir} holds a study with other settings: continue it with the same overrides, or "
-                              "start this one in a new folder (drop hydra.run.dir=)")
-    else:
-        write_json(recorded, mine)
+    ident = {k: v for k, v in identity_of(cfg).items() if k not in _STUDY_IGNORED}
+    with run.session(ident, mode, log_file=log_file, hydra_record=hydra_record) as claim:
+        if claim == Claim.reuse:
+            log.info("nothing to do: %s holds a finished study (read back, nothing changed)", run_dir)
+            return json.loads((run_dir / RESULT_NAME).read_text())
+        result = _run_study(cfg, run_dir)
+        write_json(run_dir / RESULT_NAME, result)
+        run.finish()
+        return result
 
 
 def _run_study(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -477,12 +450,14 @@ def _run_study(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     kw = dict(emb_size=int(m.emb_size), hidden_size=int(m.hidden_size), tie_weights=bool(m.tie_weights),
               state_clip=m.state_clip, init_range=m.init_range)
     cache = ScoreCache()
-    for i, (g, degenerate) in enumerate(cells):
+    executor = make_executor(cfg.launcher, run_dir)
+    # The trainings are jobs: with launcher=local they run side by side while this process scores.
+    todo = [(i, g, d) for i, (g, d) in enumerate(cells) if g.hash() not in done]
+    handles = {g.hash(): executor.submit(cell_job(cfg, g, run_dir / "runs" / g.hash()))
+               for _, g, d in todo if not d}
+    for i, g, degenerate in todo:
         h = g.hash()
-        if h in done:
-            continue
-        cell_path = run_dir / "cells" / f"{h}.json"
-        g.to_json(cell_path)
+        g.to_json(run_dir / "cells" / f"{h}.json")
         row: dict[str, Any] = {"index": i, "hash": h, "name": g.name or "", "degenerate": int(degenerate),
                                "why": g.analysis().why(bool(cfg.require_memory)),
                                "genotype": json.dumps(g.to_dict(), separators=(",", ":"))}
@@ -493,10 +468,11 @@ def _run_study(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         hc = hidden_cov_score(g, data, vocab_size, cfg.hidden_cov, cache=cache, **kw)
         row.update(hidden_cov=hc.score, hidden_cov_constant_units=hc.constant_units, hidden_cov_seconds=hc.seconds)
         if not degenerate:  # a degenerate cell is scored, never trained: that is the point of recognising it
-            t0 = time.perf_counter()
-            metrics = train_cell(cfg, cell_path, run_dir / "runs" / h)
+            metrics = handles[h].result()["metrics"]
             row.update(num_params=metrics.get("num_params"), valid_ppl=metrics.get("valid_ppl"),
-                       test_ppl=metrics.get("test_ppl"), train_seconds=metrics.get("wall_s") or time.perf_counter() - t0)
+                       test_ppl=metrics.get("test_ppl"), train_seconds=metrics.get("wall_s"))
+            if not cfg.keep_checkpoints:
+                shutil.rmtree(checkpoint_dir(run_dir / "runs" / h), ignore_errors=True)
         rows.append(row)
         done.add(h)
         write_rows(csv_path, rows, variants)  # after every cell: an interrupted study keeps what it finished

@@ -5,10 +5,10 @@ seed) and writes its folder's ``metrics.json``::
 
     enas-sweep -m core=lstm,gru,enas_paper task.seq_len=5,10,20 model.hidden_size=4,8,16 name=nth
 
-Job folders are named after their overrides (``multirun/sweep/<name>/core=gru,model.hidden_size=8,...``),
-so running the same command again finds them: a job whose folder already holds ``metrics.json``
-(written with the same settings) is skipped, and an interrupted sweep resumes where it stopped. A
-folder written with other settings (a changed default, say) is refused, naming the keys. At the end
+Job folders are named after their overrides (``multirun/sweep/<date>/core=gru,model.hidden_size=8,...``),
+so running the same command again with ``resume=<that multirun folder>`` finds them: a job whose folder
+holds a finished run with the same settings is reused, and an interrupted sweep resumes where it stopped.
+A folder written with other settings (a changed default, say) is refused, naming the keys. At the end
 of the multirun ``summary.csv`` and a heatmap are written into the sweep folder
 (:mod:`enas_rnn.summary`; the axes come from ``summary.*`` or from the swept keys).
 
@@ -22,16 +22,18 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from enas_rnn.checkpoint import seed_everything
-from enas_rnn.conf import validate_common
-from enas_rnn.errors import ConfigError, TrainingDiverged
+from enas_rnn.conf import SweepAppConfig
+from enas_rnn.errors import TrainingDiverged
 from enas_rnn.genotype import load_genotype
 from enas_rnn.model import CoreKind
+from enas_rnn.rules import check_values
+from enas_rnn.runfolder import Claim, RunFolder
 from enas_rnn.runs import resolve_device, write_json
 from enas_rnn.tasks import (
     TaskKind,
@@ -39,7 +41,6 @@ from enas_rnn.tasks import (
     fit_task,
     make_task,
     task_model_summary,
-    validate_task,
 )
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,8 @@ METRICS = "metrics.json"
 
 
 def validate_sweep(cfg: DictConfig) -> None:
-    """Value checks of a sweep job (types are checked by the schema)."""
-    validate_common(OmegaConf.masked_copy(cfg, ["device", "model"]))
-    validate_task(cfg.task, cfg.train)
+    """Value checks of a sweep job (every field's rule; types are checked by the schema)."""
+    check_values(cfg, SweepAppConfig)
 
 
 def job_identity(cfg: DictConfig) -> dict[str, Any]:
@@ -73,26 +73,28 @@ def core_label(cfg: DictConfig) -> str:
     return g.name or Path(str(cfg.cell)).stem
 
 
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [k for key in sorted(set(a) | set(b)) for k in _diff(a.get(key), b.get(key), f"{prefix}{key}.")]
-    return [] if a == b else [prefix.rstrip(".")]
+APP = "enas-sweep"
 
 
-def run_sweep_job(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Trains one task model as configured into ``run_dir`` (or reuses its metrics.json); returns the metrics."""
+def run_sweep_job(cfg: DictConfig, run_dir: str | Path, mode: str = "job", log_file: Optional[str] = "sweep.log",
+                  hydra_record: Optional[dict[str, str]] = None) -> dict[str, Any]:
+    """Trains one task model as configured into ``run_dir`` (or reads a finished one back); returns the metrics."""
     run_dir = Path(run_dir)
     validate_sweep(cfg)
     identity = job_identity(cfg)
     path = run_dir / METRICS
-    if path.is_file():
-        old = json.loads(path.read_text())
-        if old.get("config") != identity:
-            keys = _diff(old.get("config") or {}, identity)
-            raise ConfigError(f"{run_dir} holds a run with other settings (differs in {', '.join(keys[:6])}); "
-                              "use another name= for this sweep, or restore the old settings")
-        log.info("%s already holds %s: skipped", run_dir, METRICS)
-        return {**old, "status": "reused"}
+    run = RunFolder(run_dir, APP)
+    with run.session(identity, mode, log_file=log_file, hydra_record=hydra_record) as claim:
+        if claim == Claim.reuse:
+            log.info("%s already holds %s: reused", run_dir, METRICS)
+            return {**json.loads(path.read_text()), "status": "reused"}
+        metrics = _train_job(cfg, identity)
+        write_json(path, metrics)
+        run.finish()
+        return {**metrics, "status": "trained"}
+
+
+def _train_job(cfg: DictConfig, identity: dict[str, Any]) -> dict[str, Any]:
     wall0 = time.perf_counter()
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
@@ -119,5 +121,4 @@ def run_sweep_job(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                        history=res.history)
     metrics.update(wall_s=time.perf_counter() - wall0, device=str(device),
                    torch_threads=torch.get_num_threads(), config=identity)
-    write_json(path, metrics)
-    return {**metrics, "status": "trained"}
+    return metrics

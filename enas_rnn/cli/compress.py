@@ -2,7 +2,7 @@
 
     enas-compress run=outputs/train/<run>
     enas-compress run=<run> compress.prune_levels=[0.5,0.9] compress.clusters=[16] retrain.max_steps=300
-    enas-compress run=<run> export=prune80_share16 hydra.run.dir=<an earlier compress folder>   # reuse variants
+    enas-compress resume=<an earlier compress folder>        # continue: its finished variants are kept
 """
 
 from __future__ import annotations
@@ -13,19 +13,24 @@ import hydra
 from omegaconf import DictConfig
 
 from enas_rnn.apps.compress import run_compress
-from enas_rnn.cli.common import CONF_DIR, friendly_errors, log, run_dir, start
-from enas_rnn.conf import CompressAppConfig, register_configs
-from enas_rnn.runs import folder_lock
+from enas_rnn.cli.common import (
+    CONF_PATH,
+    claim_mode,
+    cli_overrides,
+    friendly_errors,
+    hydra_record,
+    log,
+    log_name,
+    run_dir,
+    start,
+)
 
-register_configs()
 
-
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="compress")
+@hydra.main(version_base="1.3", config_path=CONF_PATH, config_name="compress")
 def _app(cfg: DictConfig) -> None:
     with friendly_errors():
         out = run_dir()
-        with folder_lock(out, "enas-compress run"):
-            report = run_compress(cfg, out)
+        report = run_compress(cfg, out, claim_mode(cfg), cli_overrides(), log_name(), hydra_record(cfg))
         o = report["original"]
         log.info("%18s  %11s B  test ppl %.2f", "original", f"{o['stored_bytes']:,}", o["test_ppl"])
         for r in report["variants"]:
@@ -39,7 +44,7 @@ def _app(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry point: checks that need no Hydra, then the Hydra app."""
-    start(CompressAppConfig)
+    start("enas-compress")
     _app()
 
 

@@ -1,7 +1,8 @@
 """`enas-export`: a trained cell as a standalone torch module and a safetensors weights file.
 
     enas-export run=outputs/train/<run>                              # writes <run>/export/
-    enas-export run=outputs/compare/<run> out=exported               # the compared cell's best-valid run
+    enas-export run=outputs/compare/<run> out=exported               # the run the comparison's verdict is about
+    enas-export run=outputs/pipeline/<run>                           # the pipeline's winner (as its export stage)
     enas-export cell=enas_paper checkpoint=<run>/checkpoints/best.pt out=exported whole_model=true
 """
 
@@ -13,18 +14,10 @@ import hydra
 from omegaconf import DictConfig
 
 from enas_rnn.apps.export import run_export
-from enas_rnn.cli.common import (
-    CONF_DIR,
-    friendly_errors,
-    log,
-    start,
-)
-from enas_rnn.conf import ExportAppConfig, register_configs
-
-register_configs()
+from enas_rnn.cli.common import CONF_PATH, friendly_errors, log, start
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
+@hydra.main(version_base="1.3", config_path=CONF_PATH, config_name="export")
 def _app(cfg: DictConfig) -> None:
     with friendly_errors():
         res = run_export(cfg)
@@ -35,7 +28,7 @@ def _app(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry point: checks that need no Hydra, then the Hydra app."""
-    start(ExportAppConfig)
+    start("enas-export")
     _app()
 
 

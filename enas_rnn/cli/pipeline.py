@@ -1,48 +1,43 @@
-"""`enas-pipeline`: search -> shortlist retraining -> comparison with nn.LSTM -> export, in one folder.
+"""`enas-pipeline`: search -> selection -> comparison with nn.LSTM -> export, in one folder.
 
     enas-pipeline experiment=small data.download=true
-    enas-pipeline experiment=quick
+    enas-pipeline experiment=small launcher=local          # independent trainings in parallel processes
+    enas-pipeline experiment=small search_from=<finished search or pipeline folder> select.strategy=topk
     enas-pipeline resume=outputs/pipeline/<run>
 """
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from enas_rnn.apps.pipeline import run_pipeline
 from enas_rnn.cli.common import (
-    CONF_DIR,
+    CONF_PATH,
+    claim_mode,
     cli_overrides,
+    final_line,
     friendly_errors,
-    log,
+    hydra_record,
+    log_name,
     run_dir,
     start,
 )
-from enas_rnn.conf import PipelineAppConfig, register_configs
-from enas_rnn.runs import strict
 
-register_configs()
+APP = "enas-pipeline"
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="pipeline")
+@hydra.main(version_base="1.3", config_path=CONF_PATH, config_name="pipeline")
 def _app(cfg: DictConfig) -> None:
     with friendly_errors():
         out = run_dir()
-        metrics = run_pipeline(cfg, out, overrides=cli_overrides())
-        where = Path(cfg.get("resume") or out)
-        log.info("verdict: %s", metrics["verdict"]["text"])
-        log.info("done: wrote %s", where / "summary.md")
-        print(json.dumps(strict({"verdict": metrics["verdict"], "winner": metrics["winner"], "seed": cfg.seed,
-                                 "run_dir": str(where)})))
+        metrics = run_pipeline(cfg, out, claim_mode(cfg), cli_overrides(), log_name(), hydra_record(cfg))
+        final_line({"verdict": metrics["verdict"], "winner": metrics["winner"], "seed": cfg.seed, "run_dir": str(out)})
 
 
 def main() -> None:
-    """Console entry point: checks that need no Hydra, then the Hydra app."""
-    start(PipelineAppConfig)
+    """Console entry point: the checks that can refuse the command, then the Hydra app."""
+    start(APP)
     _app()
 
 

@@ -3,46 +3,42 @@
     enas-search experiment=smoke
     enas-search space=enas search=random
     enas-search -m seed=0,1 space=lstm,enas
-    enas-search resume=outputs/search/2026-11-23_10-00-00
+    enas-search resume=outputs/search/<run>
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import hydra
 from omegaconf import DictConfig
 
-from enas_rnn.apps.search import run_search
 from enas_rnn.cli.common import (
-    CONF_DIR,
+    CONF_PATH,
+    claim_mode,
     cli_overrides,
+    final_line,
     friendly_errors,
-    log,
+    hydra_record,
+    log_name,
     run_dir,
     start,
 )
-from enas_rnn.conf import SearchAppConfig, register_configs
-from enas_rnn.runs import strict
+from enas_rnn.searchrun import run_search
 
-register_configs()
+APP = "enas-search"
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="search")
+@hydra.main(version_base="1.3", config_path=CONF_PATH, config_name="search")
 def _app(cfg: DictConfig) -> None:
     with friendly_errors():
         out = run_dir()
-        metrics = run_search(cfg, out, overrides=cli_overrides())
-        where = Path(cfg.get("resume") or out)
-        log.info("done: best cell %s, shared-weight ppl %.1f; wrote %s", metrics["best_hash"], metrics["best_ppl"],
-                 where / "best_genotype.json")
-        print(json.dumps(strict({**metrics, "seed": cfg.seed, "run_dir": str(where)})))
+        metrics = run_search(cfg, out, mode=claim_mode(cfg), overrides=cli_overrides(), log_file=log_name(),
+                             hydra_record=hydra_record(cfg))
+        final_line({**metrics, "seed": cfg.seed, "run_dir": str(out)})
 
 
 def main() -> None:
-    """Console entry point: checks that need no Hydra, then the Hydra app."""
-    start(SearchAppConfig)
+    """Console entry point: the checks that can refuse the command, then the Hydra app."""
+    start(APP)
     _app()
 
 

@@ -38,15 +38,16 @@ _state: dict[str, Any] = {"tried": False, "ok": False, "reason": None}
 
 
 def _build_dir() -> Path:
-    """The cache folder of this build: keyed by the source, the flags, torch's version and the interpreter.
+    """The cache folder of this build: keyed by the source (its text and where it lies: the compile command
+    names the path), the flags, torch's version and the interpreter.
 
     Why not by torch's version alone: two virtual environments or checkouts with the same torch then
     share one folder and evict each other's build (a full rebuild, 1-3 min on a loaded machine, each time
     the other one ran last)."""
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "torch_extensions")
     key = hashlib.sha1()
-    for part in (_SOURCE.read_bytes(), " ".join(_CFLAGS).encode(), torch.__version__.encode(),
-                 sys.prefix.encode(), sys.version.encode()):
+    for part in (_SOURCE.read_bytes(), str(_SOURCE.resolve()).encode(), " ".join(_CFLAGS).encode(),
+                 torch.__version__.encode(), sys.prefix.encode(), sys.version.encode()):
         key.update(part)
         key.update(b"\0")
     tag = torch.__version__.replace("+", "_").replace(".", "_")

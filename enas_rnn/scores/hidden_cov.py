@@ -81,6 +81,7 @@ from enas_rnn.scores.lm import (
     draw_seed,
     init_,
 )
+from enas_rnn.rules import POSITIVE, rule
 from enas_rnn.scores.registry import register_score
 
 __all__ = ["HIDDEN_COV_K", "HiddenCovConfig", "HiddenCovResult", "hidden_correlation", "hidden_cov_from_corr",
@@ -95,7 +96,7 @@ class HiddenCovConfig:
     """Settings of the hidden-covariance score (a Hydra structured config)."""
 
     seed: int = 0  # seed of the initialisation draw
-    k: float = HIDDEN_COV_K  # jitter added to the eigenvalues (Serianni & Kalita: 1e-5)
+    k: float = rule(HIDDEN_COV_K, POSITIVE)  # jitter added to the eigenvalues (Serianni & Kalita: 1e-5)
 
 
 @dataclass(frozen=True)

@@ -532,3 +532,9 @@ class MRSScore:
             threshold = float(cfg.threshold)
         return [dataclasses.replace(score_from_errors(e, threshold, cfg.lo, hi, cfg.floor), seconds=s)
                 for e, s, _ in got]
+
+
+def scoring_slice(valid: torch.Tensor, bptt: int, batch: Optional[int]) -> torch.Tensor:
+    """The fixed held-out slice the scores see: first ``bptt + 1`` rows of the first ``batch`` columns."""
+    cols = valid.size(1) if batch is None else min(int(batch), valid.size(1))
+    return valid[: int(bptt) + 1, :cols]  # [bptt + 1, batch]

@@ -64,6 +64,8 @@ import torch
 from scipy.special import log_ndtr
 from torch import Tensor, nn
 
+from enas_rnn.rules import FINITE, INT1, NONNEG, OPT_POSITIVE, POSITIVE, UNIT_OPEN, one_of, rule
+
 __all__ = [
     "MRSConfig",
     "MRSResult",
@@ -84,6 +86,7 @@ __all__ = [
 
 #: Weight distributions understood by :func:`randomize_`.
 DISTRIBUTIONS: tuple[str, ...] = ("normal", "uniform", "init")
+_ERRORS: dict[str, Any] = {}  # the error registry (ERRORS below), created here so MRSConfig's rule can name it
 THRESHOLD_MODES: tuple[str, ...] = ("absolute", "quantile")
 
 
@@ -110,16 +113,16 @@ class MRSConfig:
     seed: seed of the private torch.Generator used for the draws.
     """
 
-    samples: int = 30
-    dist: str = "normal"
-    scale: float = 1.0
-    error: str = "mae"
-    lo: float = 0.0
-    hi: Optional[float] = None
-    threshold: float = 0.01
-    threshold_mode: str = "absolute"
-    quantile: float = 0.1
-    floor: float = 1e-300
+    samples: int = rule(30, INT1)
+    dist: str = rule("normal", one_of(DISTRIBUTIONS))
+    scale: float = rule(1.0, POSITIVE)
+    error: str = rule("mae", one_of(_ERRORS))
+    lo: float = rule(0.0, FINITE)
+    hi: Optional[float] = rule(None, OPT_POSITIVE)
+    threshold: float = rule(0.01, FINITE)
+    threshold_mode: str = rule("absolute", one_of(THRESHOLD_MODES))
+    quantile: float = rule(0.1, UNIT_OPEN)
+    floor: float = rule(1e-300, NONNEG)
     seed: int = 0
 
 
@@ -156,7 +159,7 @@ class ErrorSpec:
 
 
 #: Error name -> spec. The language-model code registers "ce" / "softmax_mae".
-ERRORS: dict[str, ErrorSpec] = {}
+ERRORS: dict[str, ErrorSpec] = _ERRORS
 
 
 def register_error(name: str, hi: float, replace: bool = False) -> Callable[[Callable], Callable]:

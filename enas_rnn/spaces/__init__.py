@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from enas_rnn.errors import ConfigError
+from enas_rnn.rules import int_in, one_of, rule
 from enas_rnn.spaces.base import DECISION_KINDS, Decision, SearchSpace
 from enas_rnn.spaces.enas import ENASNode, ENASSpace
 from enas_rnn.spaces.lstm import LSTMNode, LSTMSpace, Operand
@@ -38,8 +39,8 @@ SPACES: dict[str, type[SearchSpace]] = {"lstm": LSTMSpace, "enas": ENASSpace}
 class SpaceConfig:
     """Hydra structured config of a search space (plain types only)."""
 
-    name: str = "lstm"
-    num_nodes: int = 8
+    name: str = rule("lstm", one_of(SPACES))
+    num_nodes: int = rule(8, int_in(1, 64))
 
 
 def make_space(name: str, num_nodes: int = 8) -> SearchSpace:

@@ -1,0 +1,76 @@
+"""One executor for a stage's independent trainings: serial, local processes (submitit), SLURM (submitit)."""
+
+from __future__ import annotations
+
+import math
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from enas_rnn.errors import ConfigError
+from enas_rnn.genotype import get_named
+from enas_rnn.launch import Job, JobsFailed, cpu_count, make_executor
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def launcher(**kw) -> OmegaConf:
+    return OmegaConf.create({"name": "serial", "jobs": None, "slurm": {"partition": None, "gpus_per_job": 1,
+                             "cpus_per_job": 4, "time_min": 240, "mem_gb": None, "account": None, "qos": None,
+                             "constraint": None, "setup": []}, **kw})
+
+
+def test_serial_runs_jobs_here_in_order(tmp_path: Path) -> None:
+    ex = make_executor(launcher(), tmp_path)
+    assert not ex.parallel
+    assert ex.run([Job(f"j{i}", tmp_path / f"j{i}", square, (i,)) for i in range(4)]) == [0, 1, 4, 9]
+
+
+@pytest.mark.slow
+def test_local_runs_processes_and_reports_a_failed_job(tmp_path: Path) -> None:
+    """Jobs are module-level functions of an installed package (a process imports them by name)."""
+    ex = make_executor(launcher(name="local", jobs=2), tmp_path)
+    assert ex.parallel and ex.capacity == 2 and ex.threads == max(1, cpu_count() // 2)
+    assert ex.run([Job(f"j{i}", tmp_path / f"j{i}", math.factorial, (i,)) for i in range(4)]) == [1, 1, 2, 6]
+    names = ["lstm", "no_such_cell", "enas_paper"]
+    with pytest.raises(JobsFailed, match=r"job j1 failed \(folder .*j1\): .*no_such_cell"):
+        ex.run([Job(f"j{i}", tmp_path / f"j{i}", get_named, (n,)) for i, n in enumerate(names)])
+    assert (tmp_path / ".submitit").is_dir()  # the jobs' own logs
+
+
+def test_more_jobs_than_cores_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    make_executor(launcher(name="local", jobs=cpu_count() + 3), tmp_path)
+    assert "more than this machine's" in caplog.text
+
+
+def test_slurm_without_sbatch_is_one_line_and_starts_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match="launcher=slurm needs SLURM's sbatch, which is not on PATH"):
+        make_executor(launcher(name="slurm"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_slurm_job_spec_asks_for_what_the_config_says(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No cluster here: a stand-in sbatch records the submission script submitit hands it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    sbatch = bin_dir / "sbatch"
+    sbatch.write_text(f"#!/bin/sh\ncp \"$1\" {tmp_path / 'submitted.sh'}\necho 'Submitted batch job 4242'\n")
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    for tool in (sbatch, bin_dir / "srun"):
+        tool.chmod(tool.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    cfg = launcher(name="slurm")
+    cfg.slurm.partition, cfg.slurm.time_min, cfg.slurm.setup = "gpu", 90, ["module load cuda"]
+    ex = make_executor(cfg, tmp_path / "run")
+    handle = ex.submit(Job("j0", tmp_path / "run" / "j0", square, (3,)))
+    script = (tmp_path / "submitted.sh").read_text()
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1", "#SBATCH --time=90",
+                 "#SBATCH --cpus-per-task=4", "module load cuda"):
+        assert line in script, line
+    assert handle._sub.job_id == "4242"
