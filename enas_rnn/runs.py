@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,17 +26,59 @@ from enas_rnn.corpus import Corpus, batchify, load_corpus, resolve_root
 from enas_rnn.errors import ConfigError, UserError
 
 
+_CUDA_RE = re.compile(r"cuda(?::(\d+))?")
+
+
+def valid_devices() -> list[str]:
+    """The device values this machine accepts: auto, cpu, then cuda and cuda:N per GPU, mps where present."""
+    out = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        out += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        out.append("mps")
+    return out
+
+
+def check_device(name: Any) -> None:
+    """Raises ConfigError unless ``name`` is a device this machine has; no side effects.
+
+    Accepted: ``auto``, ``cpu``, ``cuda`` and ``cuda:N`` (N < torch.cuda.device_count()) where CUDA is
+    available, ``mps`` where ``torch.backends.mps.is_available()``. The message names the valid values
+    here. Apps call it before they claim a run folder, so a bad device costs nothing.
+    """
+    name = str(name)
+    valid = ", ".join(valid_devices())
+    if name in ("auto", "cpu"):
+        return
+    cuda = _CUDA_RE.fullmatch(name)
+    if cuda:
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name} but CUDA is not available here: valid values on this machine are {valid}")
+        count = torch.cuda.device_count()
+        if cuda.group(1) is not None and int(cuda.group(1)) >= count:
+            raise ConfigError(f"device={name} but this machine has {count} CUDA device{'s' if count != 1 else ''}: "
+                              f"valid values on this machine are {valid}")
+        return
+    if name == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"device=mps but MPS (Apple's GPU backend) is not available here: valid values on this "
+                              f"machine are {valid}")
+        return
+    raise ConfigError(f"invalid config value device={name!r}: valid values on this machine are {valid}")
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present; the only place in the package that chooses a device.
 
-    Every app resolves its device here, so this is also where the process's CPU float mode is set:
-    denormal floats are flushed to zero (:func:`flush_denormals`).
+    The name is checked first (:func:`check_device`: a device this machine lacks is a ConfigError
+    naming the valid ones, never a traceback later). Every app resolves its device here, so this is
+    also where the process's CPU float mode is set: denormal floats are flushed to zero
+    (:func:`flush_denormals`).
     """
+    check_device(name)
     flush_denormals()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but CUDA is not available here: use device=auto or device=cpu")
     return torch.device(name)
 
 
