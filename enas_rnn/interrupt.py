@@ -3,8 +3,11 @@
 A cluster's time limit sends SIGTERM (then SIGKILL after a grace period); a person presses Ctrl-C
 (SIGINT). Either only *requests* a stop: the handler sets a flag, the training loop
 (:func:`enas_rnn.train.fit`) looks at it between windows, writes a checkpoint of the current step
-and raises :class:`Interrupted`. A second Ctrl-C raises ``KeyboardInterrupt`` at once, for a loop
-that does not look (a long evaluation, a hung data read).
+and raises :class:`Interrupted`. A Ctrl-C once a stop was requested raises ``KeyboardInterrupt`` at
+once, for a loop that does not look (a long evaluation, a hung data read).
+
+The handlers replace whatever was there (submitit, for one, handles SIGTERM itself for its requeue
+logic); :func:`uninstall` puts those back.
 
 Nothing is installed at import: an app calls :func:`install` once it has claimed its run folder
 (tests and library users keep Python's default handlers unless they ask). The contract for an app::

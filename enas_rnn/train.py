@@ -222,7 +222,7 @@ def perplexity(loss: float) -> float:
 def worse_than_uniform(ppl: float, vocab_size: int) -> bool:
     """Whether a perplexity is worse than a uniform guess over the vocabulary (whose perplexity is
     exactly ``vocab_size``); NaN and infinity are worse. Such a model learnt nothing usable: the
-    unigram frequencies alone reach about 700 on PTB's 10,000 words."""
+    training split's word frequencies alone reach 687 on PTB's validation split (10,000 words)."""
     return not ppl <= vocab_size
 
 
