@@ -11,6 +11,7 @@ import logging
 import os
 import pickle
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,29 @@ def previous(path: str | Path) -> Path:
     """Where the checkpoint before ``path`` is kept (``last.pt`` -> ``last.prev.pt``)."""
     path = Path(path)
     return path.with_name(path.stem + ".prev" + path.suffix)
+
+
+def unreadable_name(path: str | Path) -> Path:
+    """A free name for an unreadable ``path``: ``last.unreadable.pt``, else ``last.unreadable.1.pt``, ..."""
+    path = Path(path)
+    target, k = path.with_name(f"{path.stem}.unreadable{path.suffix}"), 0
+    while target.exists():
+        k += 1
+        target = path.with_name(f"{path.stem}.unreadable.{k}{path.suffix}")
+    return target
+
+
+def set_aside(path: str | Path) -> Path:
+    """Renames an unreadable checkpoint to :func:`unreadable_name` and returns where it went.
+
+    Why: :func:`save_checkpoint` rotates ``last.pt`` into ``last.prev.pt``; left in place, a corrupt
+    ``last.pt`` would replace the one good fallback at the next save. Its bytes are kept for a
+    post-mortem, never deleted.
+    """
+    path = Path(path)
+    target = unreadable_name(path)
+    os.replace(path, target)
+    return target
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any], keep_previous: bool = True) -> Path:
@@ -142,7 +166,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def load_resumable(run_dir: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The newest readable checkpoint of a run: ``last.pt``, else the one it replaced (``last.prev.pt``).
 
-    Falling back is logged; when neither can be read the message says that the run cannot continue.
+    When it falls back, an unreadable ``last.pt`` is set aside as ``last.unreadable.pt`` (numbered
+    when taken; :func:`set_aside`) and ``last.prev.pt`` is copied into its place (also when
+    ``last.pt`` was missing), so the next save
+    rotates a readable checkpoint into ``last.prev.pt`` and every "does this run have a last.pt"
+    check still sees the run; the warning names both files. When neither can be read nothing is
+    moved and the message says that the run cannot continue.
     """
     last = checkpoint_dir(run_dir) / LAST
     if not last.is_file() and not previous(last).is_file():
@@ -158,13 +187,39 @@ def load_resumable(run_dir: str | Path, map_location: str | torch.device = "cpu"
             errors.append(str(exc))
             continue
         if path != last:
-            log.warning("%s; resuming from the checkpoint before it, %s (step %s)", errors[0], path.name,
-                        payload.get("step"))
+            # errors is empty when last.pt is missing (a crash between save_checkpoint's two renames)
+            why = errors[0] if errors else f"checkpoint {last} is missing"
+            log.warning("%s; resuming from the checkpoint before it, %s (step %s); %s", why, path.name,
+                        payload.get("step"), _set_aside_and_restore(last, path))
         return payload
     raise CheckpointError(
         f"the run in {run_dir} cannot be resumed: {'; '.join(errors)}. Start a new run in a new folder "
         "(drop resume=); its checkpoints/best.pt, if readable, still holds the best weights"
     )
+
+
+def _set_aside_and_restore(bad: Path, good: Path) -> str:
+    """Moves an unreadable ``bad`` aside (when it exists) and puts a copy of ``good`` in its place;
+    says what it did, for the warning."""
+    said = []
+    if bad.exists():
+        try:
+            target = set_aside(bad)
+        except OSError as exc:  # a read-only folder (someone's finished run): nothing is saved there either
+            return f"the unreadable {bad.name} could not be set aside ({exc.strerror or exc}) and stays where it is"
+        said.append(f"the unreadable file is kept as {target} (never rotated over {good.name})")
+    fd, tmp = tempfile.mkstemp(prefix=bad.name + ".", suffix=".tmp", dir=bad.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(good, tmp)
+        os.replace(tmp, bad)
+        said.append(f"{good.name} was copied to {bad.name}")
+    except OSError as exc:
+        said.append(f"{bad.name} could not be restored from {good.name} ({exc.strerror or exc})")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return "; ".join(said)
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:

@@ -29,14 +29,13 @@ everything left uncompressed (biases) counts 32 bits a value.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from enas_rnn.errors import ConfigError
 from enas_rnn.rules import INT1, POSITIVE, check_values, each, int_in, number_in, one_of, rule
 
 __all__ = ["CompressConfig", "validate_compress", "Applied", "Variant", "plan_variants", "compressible", "magnitude_mask", "kmeans_1d",

@@ -219,10 +219,13 @@ def _missing_files_message(root: Path, missing: list[str], name: str) -> str:
 
 
 def _read_tokens(path: Path) -> list[str]:
-    """Whitespace-split words of ``path`` with one ``<eos>`` per line (empty lines included)."""
+    """Whitespace-split words of ``path`` with one ``<eos>`` per line (empty lines included); a leading
+    UTF-8 byte-order mark is not part of the text."""
     try:
         # Text mode with universal newlines: '\r\n' and '\r' become '\n', as when iterating a file by lines.
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig drops a leading byte-order mark (Windows editors write one); read as utf-8 it would be a
+        # word of its own, glued to the first word ('\ufeffaer'), and PTB's vocabulary would be 10,001.
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(f"{path} is not UTF-8 text ({exc}); is it the right file?") from exc
     except OSError as exc:

@@ -22,3 +22,13 @@ class CheckpointError(UserError):
 
 class TrainingDiverged(UserError):
     """Too many non-finite losses or gradients; the run stopped before corrupting its weights."""
+
+
+class WorseThanChance(TrainingDiverged):
+    """A run that ended worse than guessing: a language model whose best validation perplexity is above
+    its vocabulary size (a uniform guess), or a synthetic-task model below the task's chance level.
+
+    Such weights are no result, whatever the loss did on the way: the run stops with this error, not
+    with "done". A subclass of :class:`TrainingDiverged`, so every caller that records a divergence
+    records this too.
+    """

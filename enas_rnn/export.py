@@ -16,6 +16,10 @@ holds
 Before anything is written the generated module is executed and checked against the trained model;
 both files are written under temporary names and renamed, so an export never leaves half a file.
 
+The docstring states the perplexity of the exported weights (:func:`perplexity_provenance`): the
+run's ``metrics.json`` for its ``best.pt``, else the validation recorded at the checkpoint's step in
+the run's checkpoints, else "perplexity unknown" - never a number measured on other weights.
+
 ``STATE_CLIP`` is baked into the generated code, not a constructor argument: which clamps are no-ops
 depends on its value (e.g. a product of two clamped operands is bounded by clip^2, below clip only
 when clip < 1).
@@ -24,6 +28,7 @@ when clip < 1).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
@@ -32,18 +37,19 @@ import types
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from enas_rnn.errors import UserError
+from enas_rnn.checkpoint import BEST, LAST, load_checkpoint, previous
+from enas_rnn.errors import CheckpointError, UserError
 from enas_rnn.genotype import Genotype
 from enas_rnn.model import RNNLM
 
 __all__ = ["ExportError", "ExportResult", "Trained", "generate_source", "load_module", "export_trained",
-           "module_name", "self_check", "FORMAT_VERSION"]
+           "module_name", "self_check", "measured_perplexity", "perplexity_provenance", "FORMAT_VERSION"]
 
 FORMAT_VERSION = "2"
 VERIFY_TOL = 1e-5  # export-time self-check (outputs are in [-1, 1]; float32 GEMM reordering is ~1e-7)
@@ -67,6 +73,80 @@ class Trained:
     name: Optional[str]  # a suggested module name
     # Where the cell and its weights come from, one line each (the module docstring states them).
     provenance: list[str] = field(default_factory=list)
+
+
+# ====================================================================================================================
+# What the exported weights reached
+# ====================================================================================================================
+
+
+def _finite(v: Any) -> Optional[float]:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _validation_at(step: Any, payload: dict[str, Any]) -> Optional[float]:
+    """The validation perplexity a resumable checkpoint's history records at ``step``, if any."""
+    loop = payload.get("loop")
+    history = loop.get("history") if isinstance(loop, dict) else None
+    for entry in history or []:
+        if isinstance(entry, dict) and entry.get("step") == step:
+            return _finite(entry.get("valid_ppl"))
+    return None
+
+
+def measured_perplexity(checkpoint: str | Path, payload: Optional[dict[str, Any]] = None
+                        ) -> tuple[Optional[float], Optional[float], Optional[str]]:
+    """(validation perplexity, test perplexity, where they were read) of the weights in ``checkpoint``;
+    None for what no file records.
+
+    * ``<run>/checkpoints/best.pt`` of a finished run: ``<run>/metrics.json`` (``valid_ppl``, the best
+      validation, and ``test_ppl``, measured on those weights; enas-train, enas-compare, enas-compress);
+    * otherwise (a run that has not finished, or ``last.pt``): the validation the run's history
+      (``loop.history`` of the checkpoint itself, then of ``last.pt`` / ``last.prev.pt`` beside it)
+      records at the checkpoint's own step; no test perplexity.
+
+    ``payload`` is the loaded checkpoint when the caller has it (else it is read). Unreadable files
+    count as absent: this never raises.
+    """
+    path = Path(checkpoint)
+    metrics = path.parent.parent / "metrics.json"
+    if path.name == BEST and metrics.is_file():
+        try:
+            m = json.loads(metrics.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            m = None
+        if isinstance(m, dict) and (_finite(m.get("valid_ppl")) or _finite(m.get("test_ppl"))):
+            return _finite(m.get("valid_ppl")), _finite(m.get("test_ppl")), str(metrics)
+    try:
+        own = payload if payload is not None else load_checkpoint(path)
+    except CheckpointError:
+        return None, None, None
+    step = own.get("step")
+    for candidate in (path, path.parent / LAST, previous(path.parent / LAST)):
+        try:
+            data = own if candidate == path else load_checkpoint(candidate) if candidate.is_file() else None
+        except CheckpointError:
+            continue
+        valid = _validation_at(step, data) if data is not None else None
+        if valid is not None:
+            return valid, None, f"the validation history in {candidate}"
+    return None, None, None
+
+
+def perplexity_provenance(checkpoint: str | Path, payload: Optional[dict[str, Any]] = None) -> str:
+    """One docstring sentence with the perplexity of the exported weights (:func:`measured_perplexity`),
+    or "Perplexity unknown: ..." saying what is missing."""
+    valid, test, where = measured_perplexity(checkpoint, payload)
+    if where is None:
+        return (f"Perplexity unknown: {checkpoint} has no metrics.json beside its run and no validation recorded at "
+                "its step, so no perplexity of these weights was measured.")
+    parts = [f"validation {valid:.2f}" if valid is not None else "validation perplexity unknown",
+             f"test {test:.2f}" if test is not None else "test perplexity unknown (the run has no test result yet)"]
+    return f"Perplexity of these weights: {', '.join(parts)} (from {where})."
+
+
+def _states_perplexity(lines: list[str]) -> bool:
+    return any("erplexity" in line for line in lines)
 
 
 def _template(name: str) -> str:
@@ -296,14 +376,17 @@ def export_trained(trained: Trained, out_dir: str | Path, name: Optional[str] = 
         raise ExportError(f"cannot create the output folder out={out_dir} ({exc.strerror or exc}): "
                           "pass out=<a writable folder>") from None
     name = module_name(name or trained.name, trained.genotype)
-    source = generate_source(trained.genotype, trained.state_clip, name, whole_model, trained.provenance)
+    about = list(trained.provenance or _origin(trained.genotype))
+    if not _states_perplexity(about):  # the caller's lines say where the weights come from, this what they reach
+        about.append(perplexity_provenance(trained.source))
+    source = generate_source(trained.genotype, trained.state_clip, name, whole_model, about)
     core0 = trained.model.cores[0]
     info = {
         "kind": "lm" if whole_model else "layer", "format": FORMAT_VERSION, "genotype_hash": trained.genotype.hash(),
         "input_size": core0.input_size if not whole_model else trained.model.cfg.emb_size,
         "hidden_size": core0.hidden_size, "num_layers": len(trained.model.cores), "state_clip": trained.state_clip,
         "vocab_size": trained.model.vocab_size, "tie_weights": trained.tie_weights, "source": trained.source,
-        "provenance": trained.provenance,
+        "provenance": about,
     }
     metadata = {"format": "pt", "genotype": trained.genotype.to_json(indent=None), "enas_rnn": json.dumps(info)}
     py_final, st_final = out / f"{name}.py", out / f"{name}.safetensors"

@@ -49,6 +49,7 @@ __all__ = [
 ]
 
 _NODE_REF = re.compile(r"^n([1-9][0-9]*)$")
+_BOM = "\ufeff"  # the UTF-8 byte-order mark as a character
 
 
 class GenotypeError(UserError, ValueError):
@@ -330,14 +331,17 @@ class Genotype:
     def from_json(cls, src: str | Path) -> Genotype:
         """Parse JSON text (a ``str`` starting with ``{``) or read a JSON file (any other path).
 
-        Unreadable files and malformed JSON raise ``GenotypeError`` naming the file.
+        A leading UTF-8 byte-order mark is ignored. Unreadable files and malformed JSON raise
+        ``GenotypeError`` naming the file.
         """
-        if isinstance(src, str) and src.lstrip().startswith("{"):
-            origin, text = "<json text>", src
+        if isinstance(src, str) and src.removeprefix(_BOM).lstrip().startswith("{"):
+            origin, text = "<json text>", src.removeprefix(_BOM)
         else:
             origin = str(src)
             try:
-                text = Path(src).read_text(encoding="utf-8")
+                # utf-8-sig: a leading byte-order mark (Windows editors write one) is not JSON; json.loads
+                # would refuse it as "Unexpected UTF-8 BOM".
+                text = Path(src).read_text(encoding="utf-8-sig")
             except OSError as e:
                 raise GenotypeError(f"{origin}: cannot read genotype file ({e.strerror or e})") from e
             except UnicodeDecodeError as e:

@@ -31,6 +31,7 @@ from typing import Any, Optional
 import submitit
 import torch
 
+from enas_rnn import interrupt
 from enas_rnn.errors import ConfigError, UserError
 from enas_rnn.rules import INT1, OPT_INT1, one_of, rule
 
@@ -119,6 +120,8 @@ class Handle:
 
     def result(self) -> Any:
         while not self.done():
+            if interrupt.requested():
+                raise KeyboardInterrupt  # the caller cancels the running jobs (they checkpoint)
             time.sleep(_POLL_S)
         if self._error is not None:
             raise JobsFailed(f"job {self.job.name} failed (folder {self.job.folder}): {self._error}")
@@ -126,14 +129,20 @@ class Handle:
 
 
 def _call(fn: Callable[..., Any], args: tuple, threads: int) -> tuple[bool, Any]:
-    """What a job process runs: the function with ``threads`` torch threads; an error becomes its one line."""
+    """What a job process runs: the function with ``threads`` torch threads; an error becomes its one line.
+
+    A cancelled job (SIGINT from :meth:`Executor.cancel`, or a cluster's SIGTERM) stops at its next step
+    boundary with a checkpoint, so submitting it again resumes it."""
     torch.set_num_threads(max(1, threads))
+    interrupt.install()
     try:
         return True, fn(*args)
     except UserError as exc:
         return False, str(exc)
     except Exception as exc:  # a bug: keep the traceback's last lines for the log
         return False, f"{type(exc).__name__}: {exc} | " + " | ".join(traceback.format_exc().splitlines()[-4:])
+    finally:
+        interrupt.uninstall()
 
 
 class Executor:
@@ -182,6 +191,8 @@ class Executor:
     def wait(self, handles: Sequence[Handle]) -> list[Any]:
         """Every handle's result, in order; when some failed, JobsFailed after all of them finished."""
         while not all(h.done() for h in handles):
+            if interrupt.requested():
+                raise KeyboardInterrupt  # the caller cancels the running jobs (they checkpoint)
             self.poll()
             time.sleep(_POLL_S)
         errors = [h for h in handles if h._error is not None]
@@ -193,15 +204,19 @@ class Executor:
         """Submits ``jobs`` and returns their results in order."""
         return self.wait([self.submit(j) for j in jobs])
 
-    def cancel(self) -> None:
-        """Stops every running job (they checkpoint on SIGINT) and drops the waiting ones."""
+    def cancel(self, grace_s: float = 60.0) -> None:
+        """Stops every running job (each checkpoints at its next step boundary on the SIGINT submitit sends),
+        waits up to ``grace_s`` for them to end, and drops the waiting ones."""
         self._queue.clear()
-        for h in self._running:
-            if h._sub is not None and not h._done:
-                try:
-                    h._sub.cancel(check=False)
-                except Exception:  # noqa: BLE001 - a job that already ended
-                    pass
+        running = [h for h in self._running if h._sub is not None and not h._done]
+        for h in running:
+            try:
+                h._sub.cancel(check=False)
+            except Exception:  # noqa: BLE001 - a job that already ended
+                pass
+        deadline = time.monotonic() + grace_s
+        while self.kind == "local" and time.monotonic() < deadline and not all(h._sub.done() for h in running):
+            time.sleep(_POLL_S)
         self._running.clear()
 
 

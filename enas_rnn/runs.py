@@ -27,31 +27,59 @@ _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 DEVICE_RULE = (lambda v: isinstance(v, str) and bool(_DEVICE_RE.match(v)), "auto, cpu, cuda, cuda:N, mps")
 
 
-def check_device(name: str) -> None:
-    """A ConfigError unless ``name`` names a device this machine has (no side effects: run before any work)."""
+_CUDA_RE = re.compile(r"cuda(?::(\d+))?")
+
+
+def valid_devices() -> list[str]:
+    """The device values this machine accepts: auto, cpu, then cuda and cuda:N per GPU, mps where present."""
+    out = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        out += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        out.append("mps")
+    return out
+
+
+def check_device(name: Any) -> None:
+    """Raises ConfigError unless ``name`` is a device this machine has; no side effects.
+
+    Accepted: ``auto``, ``cpu``, ``cuda`` and ``cuda:N`` (N < torch.cuda.device_count()) where CUDA is
+    available, ``mps`` where ``torch.backends.mps.is_available()``. The message names the valid values
+    here. Apps call it before they claim a run folder, so a bad device costs nothing.
+    """
     name = str(name)
-    if not _DEVICE_RE.match(name):
-        raise ConfigError(f"invalid config value device={name!r}: valid values are {DEVICE_RULE[1]}")
-    if name.startswith("cuda"):
+    valid = ", ".join(valid_devices())
+    if name in ("auto", "cpu"):
+        return
+    cuda = _CUDA_RE.fullmatch(name)
+    if cuda:
         if not torch.cuda.is_available():
-            raise ConfigError(f"device={name} but CUDA is not available here: use device=auto or device=cpu")
-        if ":" in name and int(name.split(":")[1]) >= torch.cuda.device_count():
-            raise ConfigError(f"device={name} but this machine has {torch.cuda.device_count()} CUDA device(s): "
-                              f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}, or device=auto")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-        raise ConfigError("device=mps but Apple's MPS backend is not available here: use device=auto or device=cpu")
+            raise ConfigError(f"device={name} but CUDA is not available here: valid values on this machine are {valid}")
+        count = torch.cuda.device_count()
+        if cuda.group(1) is not None and int(cuda.group(1)) >= count:
+            raise ConfigError(f"device={name} but this machine has {count} CUDA device{'s' if count != 1 else ''}: "
+                              f"valid values on this machine are {valid}")
+        return
+    if name == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"device=mps but MPS (Apple's GPU backend) is not available here: valid values on this "
+                              f"machine are {valid}")
+        return
+    raise ConfigError(f"invalid config value device={name!r}: valid values on this machine are {valid}")
 
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present; the only place in the package that chooses a device.
 
-    Every app resolves its device here, so this is also where the process's CPU float mode is set:
-    denormal floats are flushed to zero (:func:`flush_denormals`).
+    The name is checked first (:func:`check_device`: a device this machine lacks is a ConfigError
+    naming the valid ones, never a traceback later). Every app resolves its device here, so this is
+    also where the process's CPU float mode is set: denormal floats are flushed to zero
+    (:func:`flush_denormals`).
     """
+    check_device(name)
     flush_denormals()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    check_device(name)
     return torch.device(name)
 
 

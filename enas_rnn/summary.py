@@ -1,11 +1,19 @@
-"""One table for a Hydra multirun of any app: every job's overrides and scalar metrics, and heatmaps.
+"""One table for a Hydra multirun of any app: every job's overrides and scalar metrics, and what the
+sweep supports: heatmaps over two swept keys, line charts over one, mean ± sd over seeds.
 
 A multirun folder holds one folder per job, each with ``.hydra/overrides.yaml`` (the job's
 command-line overrides, written by Hydra) and, once the job finished, the app's ``metrics.json``.
 :func:`collect` reads them into rows (one per job: the overrides as columns, then every scalar
-metric); :func:`write_csv` writes the tidy table; :func:`heatmap_grids` averages a metric over the
-jobs that share an (x, y) pair (seeds, say), one grid per value of a ``panel`` key; and
-:func:`plot_heatmaps` draws the grids side by side on one colour scale.
+metric); :func:`write_csv` writes the tidy table. What else is drawn depends on how many keys the
+multirun sweeps besides ``seed`` (:func:`choose_layout`):
+
+* two or more: :func:`heatmap_grids` averages a metric over the jobs that share an (x, y) pair
+  (seeds, say), one grid per value of a ``panel`` key, and :func:`plot_heatmaps` draws the grids side
+  by side on one colour scale;
+* one: :func:`line_series` gives the metric's mean ± sd over the jobs (seeds) at each value of that
+  key, one series per panel, and :func:`plot_lines` draws them (error bars where seeds vary);
+* none (only ``seed``, or nothing): :func:`seed_table` gives mean ± sd over the jobs for every numeric
+  metric.
 
     multirun/sweep/nth/             summary.csv, summary.md, heatmap_<metric>.png
         core=gru,model.hidden_size=8,task.seq_len=10/
@@ -15,7 +23,8 @@ jobs that share an (x, y) pair (seeds, say), one grid per value of a ``panel`` k
 ``enas-summary <folder> --x task.seq_len --y model.hidden_size --metric test_acc --panel core``
 (``enas_rnn/cli/summary.py``) and the sweep app's end-of-multirun callback both call
 :func:`summarize_multirun`. Unset axes are chosen from the swept keys (those with more than one
-value): ``core`` as the panel when it is swept, then the first two others as x and y.
+value): ``core`` as the panel when it is swept with another key (swept alone it is the x axis), then
+the first two others as x and y; ``seed`` is never an axis.
 """
 
 from __future__ import annotations
@@ -40,13 +49,13 @@ from omegaconf.errors import OmegaConfBaseException
 
 from enas_rnn.checkpoint import write_text_atomic
 from enas_rnn.errors import ConfigError
-from enas_rnn.stats import to_markdown
+from enas_rnn.stats import fmt_num, mean_sd, to_markdown
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SummaryConfig", "SummaryResult", "find_jobs", "read_overrides", "collect", "write_csv", "swept_keys",
-           "choose_axes", "heatmap_grids", "plot_heatmaps", "summarize_multirun", "SummaryCallback",
-           "sanitize_dirname", "LOWER_IS_BETTER"]
+__all__ = ["SummaryConfig", "SummaryResult", "Layout", "find_jobs", "read_overrides", "collect", "write_csv",
+           "swept_keys", "choose_axes", "choose_layout", "heatmap_grids", "plot_heatmaps", "line_series", "plot_lines",
+           "seed_table", "summarize_multirun", "SummaryCallback", "sanitize_dirname", "LOWER_IS_BETTER"]
 
 METRICS_FILE = "metrics.json"
 #: Preferred metrics, in order, when none is named (the first one the jobs report is used).
@@ -199,32 +208,63 @@ def swept_keys(rows: Sequence[dict[str, Any]]) -> list[str]:
     return [k for k in _override_keys(rows) if len({repr(r.get(k)) for r in rows}) > 1]
 
 
-def choose_axes(rows: Sequence[dict[str, Any]], cfg: SummaryConfig) -> tuple[str, str, str, Optional[str]]:
-    """(x, y, metric, panel): the given ones, the rest from the sweep (see the module doc)."""
+@dataclass(frozen=True)
+class Layout:
+    """What a multirun's summary draws: ``kind`` is ``heatmap`` (x and y), ``lines`` (x only) or
+    ``seeds`` (no axis: mean ± sd over the jobs); ``metric`` is the one charted."""
+
+    kind: str
+    metric: Optional[str]
+    x: Optional[str] = None
+    y: Optional[str] = None
+    panel: Optional[str] = None
+
+
+def _default_metric(rows: Sequence[dict[str, Any]]) -> Optional[str]:
+    present = {k for r in rows for k, v in r.items() if _number(v)}
+    return next((m for m in DEFAULT_METRICS if m in present), None)
+
+
+def choose_layout(rows: Sequence[dict[str, Any]], cfg: SummaryConfig) -> Layout:
+    """The given axes, the rest from the sweep (see the module doc); ConfigError names a key that is not a
+    column, or a chart without any metric to chart."""
     swept = swept_keys(rows)
+    free = [k for k in swept if k not in (cfg.panel, cfg.x, cfg.y, "seed")]
     panel = cfg.panel
     if panel is None:
-        panel = "core" if "core" in swept else None
+        # core as the panel only when something else is swept: swept alone it is the axis to read
+        panel = "core" if "core" in free and (len(free) > 1 or cfg.x or cfg.y) else None
     elif panel in ("none", ""):
         panel = None
-    free = [k for k in swept if k not in (panel, cfg.x, cfg.y, "seed")]
+    free = [k for k in free if k != panel]
     x = cfg.x or (free.pop(0) if free else None)
     y = cfg.y or (free.pop(0) if free else None)
-    if x is None or y is None:
-        raise ConfigError(f"a heatmap needs two swept keys (x and y); this multirun sweeps {swept or 'nothing'}: "
-                          "pass --x and --y (override keys) or sweep two keys")
-    metric = cfg.metric
-    if metric is None:
-        present = {k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        metric = next((m for m in DEFAULT_METRICS if m in present), None)
-        if metric is None:
-            raise ConfigError("no metric to plot: pass --metric <a key of the jobs' metrics.json>")
+    if x is None and y is not None:
+        x, y = y, None  # one axis given as --y: it is the line chart's x
+    metric = cfg.metric or _default_metric(rows)
     keys = set(_columns(rows))
     for what, key in (("x", x), ("y", y), ("panel", panel), ("metric", metric)):
         if key is not None and key not in keys:
             raise ConfigError(f"{what}={key!r} is not a column of this multirun; columns are "
                               f"{', '.join(sorted(keys - {'job', 'status'}))}")
-    return x, y, metric, panel
+    kind = "heatmap" if y is not None else "lines" if x is not None else "seeds"
+    if metric is None and kind != "seeds":
+        raise ConfigError("no metric to plot: pass --metric <a key of the jobs' metrics.json>")
+    return Layout(kind, metric, x, y, panel)
+
+
+def choose_axes(rows: Sequence[dict[str, Any]], cfg: SummaryConfig) -> tuple[str, str, str, Optional[str]]:
+    """(x, y, metric, panel) of a heatmap; ConfigError when the multirun does not sweep two keys."""
+    layout = choose_layout(rows, cfg)
+    if layout.kind != "heatmap":
+        raise ConfigError(f"a heatmap needs two swept keys (x and y); this multirun sweeps "
+                          f"{swept_keys(rows) or 'nothing'}: pass --x and --y (override keys) or sweep two keys")
+    assert layout.x is not None and layout.y is not None and layout.metric is not None
+    return layout.x, layout.y, layout.metric, layout.panel
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _sort_values(values: set[Any]) -> list[Any]:
@@ -273,6 +313,16 @@ def lower_is_better(metric: str) -> bool:
     return any(s in metric for s in LOWER_IS_BETTER)
 
 
+def _save(fig: Figure, path: str | Path) -> Path:
+    """Writes a figure through a temporary sibling and a rename (never half a PNG)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+    return path
+
+
 def plot_heatmaps(grids: Sequence[Grid], x: str, y: str, metric: str, panel: Optional[str], path: str | Path,
                   title: Optional[str] = None) -> Path:
     """Grids side by side (at most 4 a row) on one colour scale, each cell annotated with its value."""
@@ -311,12 +361,7 @@ def plot_heatmaps(grids: Sequence[Grid], x: str, y: str, metric: str, panel: Opt
         fig.colorbar(image, ax=fig.axes, label=metric, shrink=0.9)
     if title:
         fig.suptitle(title, fontsize=10)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
-    return path
+    return _save(fig, path)
 
 
 def _fmt(v: float, metric: str) -> str:
@@ -341,13 +386,150 @@ def grids_markdown(grids: Sequence[Grid], x: str, y: str, metric: str, panel: Op
 
 
 # ====================================================================================================================
+# One swept key: lines; none: mean ± sd over seeds
+# ====================================================================================================================
+
+
+@dataclass
+class Series:
+    """A metric's mean ± sd (sample sd, n - 1) over the jobs at each x value, for one panel; ``count``
+    jobs each (0 where none finished with a finite value: mean and sd NaN there)."""
+
+    panel: Any
+    xs: list[Any]
+    mean: np.ndarray  # [len(xs)]
+    sd: np.ndarray  # NaN where fewer than two jobs
+    count: np.ndarray
+
+
+def _finite_values(rows: Sequence[dict[str, Any]], metric: str) -> list[float]:
+    return [float(r[metric]) for r in rows if _number(r.get(metric)) and math.isfinite(r[metric])]
+
+
+def line_series(rows: Sequence[dict[str, Any]], x: str, metric: str, panel: Optional[str]) -> list[Series]:
+    """One series per panel value on shared x values; each point is the mean ± sd of every finished job
+    (the seeds, and any key not on an axis) whose metric is a finite number."""
+    xs = _sort_values({r.get(x) for r in rows})
+    panels = _sort_values({r.get(panel) for r in rows}) if panel else [None]
+    out = []
+    for p in panels:
+        mine = [r for r in rows if not panel or r.get(panel) == p]
+        mean, sd = np.full(len(xs), np.nan), np.full(len(xs), np.nan)
+        count = np.zeros(len(xs), dtype=int)
+        for j, xv in enumerate(xs):
+            vals = _finite_values([r for r in mine if r.get(x) == xv], metric)
+            if vals:
+                mean[j], sd[j] = mean_sd(vals)
+                count[j] = len(vals)
+        out.append(Series(p, xs, mean, sd, count))
+    return out
+
+
+def _log_axis(xs: Sequence[Any]) -> bool:
+    """A log x axis for positive numbers spanning 20x or more (learning rates, data-set sizes)."""
+    nums = [float(v) for v in xs if _number(v)]
+    return len(nums) == len(xs) and len(nums) > 1 and min(nums) > 0 and max(nums) / min(nums) >= 20
+
+
+def plot_lines(series: Sequence[Series], x: str, metric: str, panel: Optional[str], path: str | Path,
+               title: Optional[str] = None) -> Path:
+    """One panel per series (at most 4 a row) on one y scale: the mean at each x, with ± sd error bars
+    where two or more jobs (seeds) share the point; categorical x values (cores) are evenly spaced."""
+    n = len(series)
+    ncols = min(n, 4)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(3.6 * ncols + 0.6, 2.9 * nrows + (0.5 if title else 0.2)), layout="constrained")
+    FigureCanvasAgg(fig)
+    numeric = all(_number(v) for v in series[0].xs)
+    log_x = numeric and _log_axis(series[0].xs)
+    first = None
+    for k, ser in enumerate(series):
+        ax = fig.add_subplot(nrows, ncols, k + 1, sharey=first)
+        first = first or ax
+        pos = [float(v) for v in ser.xs] if numeric else list(range(len(ser.xs)))
+        seeds = np.where(ser.count > 1, ser.sd, np.nan)
+        ax.errorbar(pos, ser.mean, yerr=np.nan_to_num(seeds), fmt="o-", capsize=3, ms=4, lw=1.2)
+        if log_x:
+            ax.set_xscale("log")
+        if not numeric or len(ser.xs) <= 8:
+            ax.set_xticks(pos, [str(v) for v in ser.xs])
+        ax.set_xlabel(x)
+        if k % ncols == 0:
+            ax.set_ylabel(metric)
+        if "acc" in metric:
+            ax.set_ylim(0, 1.02)  # accuracies on one absolute scale, as in the heatmaps
+        ax.grid(alpha=0.3)
+        ax.set_title(f"{panel}={ser.panel}" if panel else metric, fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def lines_markdown(series: Sequence[Series], x: str, metric: str, panel: Optional[str]) -> str:
+    """The series as markdown tables: one row per x value, mean ± sd and the number of jobs."""
+    parts = []
+    for ser in series:
+        head = f"### {panel} = {ser.panel}\n\n" if panel else ""
+        rows = [{x: str(xv), metric: _pm(ser.mean[j], ser.sd[j], metric), "n": int(ser.count[j])}
+                for j, xv in enumerate(ser.xs)]
+        parts.append(head + f"{metric}, mean ± sd over the jobs (seeds) at each {x}:\n\n"
+                     + to_markdown(rows, [x, metric, "n"]).rstrip())
+    return "\n\n".join(parts)
+
+
+def _pm(mean: float, sd: float, metric: str) -> str:
+    if not math.isfinite(mean):
+        return fmt_num(mean, ".3g")
+    return _fmt(mean, metric) + (f" ± {_fmt(sd, metric)}" if math.isfinite(sd) else "")
+
+
+def seed_table(rows: Sequence[dict[str, Any]], panel: Optional[str] = None) -> list[dict[str, Any]]:
+    """Mean ± sd over the finished jobs of every numeric metric (override columns excluded), one row per
+    (panel value, metric): ``metric``, ``mean``, ``sd`` (n - 1), ``n``, ``min``, ``max``; an infinite value
+    (a diverged job) makes the mean infinite, as in the comparison tables."""
+    overrides = set(_override_keys(rows))
+    done = [r for r in rows if r.get("status") == "done"]
+    metrics: list[str] = []
+    for r in done:
+        metrics += [k for k, v in r.items() if k not in overrides and k not in metrics and _number(v)]
+    out = []
+    for p in (_sort_values({r.get(panel) for r in done}) if panel else [None]):
+        mine = [r for r in done if not panel or r.get(panel) == p]
+        for m in metrics:
+            vals = [float(r[m]) for r in mine if _number(r.get(m)) and not math.isnan(r[m])]
+            if not vals:
+                continue
+            mean, sd = mean_sd(vals)
+            entry = {panel: p} if panel else {}
+            entry.update(metric=m, mean=mean, sd=sd, n=len(vals), min=min(vals), max=max(vals))
+            out.append(entry)
+    return out
+
+
+def seeds_markdown(table: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], panel: Optional[str]) -> str:
+    """The seed table as markdown, with what the jobs differ in (their seeds)."""
+    done = [r for r in rows if r.get("status") == "done"]
+    seeds = _sort_values({r.get("seed") for r in done if r.get("seed") is not None})
+    over = f"{len(seeds)} seeds ({', '.join(str(v) for v in seeds)})" if seeds else f"{len(done)} jobs"
+    if len(done) < len(rows):
+        over += f"; {len(rows) - len(done)} unfinished job(s) not counted"
+    shown = [{**({panel: str(e[panel])} if panel else {}), "metric": e["metric"],
+              "mean ± sd": _pm(e["mean"], e["sd"], e["metric"]), "n": e["n"],
+              "min": fmt_num(e["min"], ".4g"), "max": fmt_num(e["max"], ".4g")} for e in table]
+    cols = ([panel] if panel else []) + ["metric", "mean ± sd", "n", "min", "max"]
+    return (f"Every numeric metric, mean ± sd (n - 1) over {over}; n counts the finished jobs that report it:\n\n"
+            + to_markdown(shown, cols).rstrip())
+
+
+# ====================================================================================================================
 # The whole summary
 # ====================================================================================================================
 
 
 @dataclass
 class SummaryResult:
-    """What a summary wrote."""
+    """What a summary wrote. ``axes``/``heatmap``/``grids`` are set for a two-key sweep only; ``layout``
+    says which kind it was; ``chart`` is the figure of any kind (the heatmap, or ``lines_<metric>.png``)."""
 
     rows: list[dict[str, Any]]
     csv: Path
@@ -355,12 +537,18 @@ class SummaryResult:
     heatmap: Optional[Path] = None
     axes: Optional[tuple[str, str, str, Optional[str]]] = None
     grids: list[Grid] = field(default_factory=list)
+    layout: Optional[Layout] = None
+    chart: Optional[Path] = None
+    series: list[Series] = field(default_factory=list)
+    seeds: list[dict[str, Any]] = field(default_factory=list)
 
 
 def summarize_multirun(root: str | Path, cfg: SummaryConfig | None = None, out: str | Path | None = None,
                        plot: bool = True) -> SummaryResult:
-    """Writes ``summary.csv``, ``summary.md`` and (two swept axes) ``heatmap_<metric>.png`` into ``out``
-    (default: ``root``). Raises ConfigError when ``root`` holds no Hydra job."""
+    """Writes ``summary.csv``, ``summary.md`` and, by what is swept besides the seed (:func:`choose_layout`),
+    ``heatmap_<metric>.png`` (two keys), ``lines_<metric>.png`` (one key) or, in summary.md only, a table
+    of every numeric metric's mean ± sd over the seeds (none) into ``out`` (default: ``root``). Raises
+    ConfigError when ``root`` holds no Hydra job, or for an --x/--y/--metric that is not a column."""
     root = Path(root)
     cfg = cfg or SummaryConfig()
     if not root.is_dir():
@@ -374,21 +562,42 @@ def summarize_multirun(root: str | Path, cfg: SummaryConfig | None = None, out: 
     text = [f"# Multirun summary: {root}", "", f"{len(rows)} jobs, {done} with metrics.json. Table: `summary.csv`.", ""]
     res = SummaryResult(rows, csv_path, out / "summary.md")
     try:
-        axes = choose_axes(rows, cfg)
+        layout = choose_layout(rows, cfg)
     except ConfigError as exc:
         if any(v is not None for v in (cfg.x, cfg.y, cfg.metric)):
             raise
-        text.append(f"No heatmap: {exc}")
-        axes = None
-    if axes is not None:
-        x, y, metric, panel = axes
+        text.append(f"No chart: {exc}")
+        layout = None
+    res.layout = layout
+    if layout is not None and layout.kind == "heatmap":
+        assert layout.x and layout.y and layout.metric
+        x, y, metric, panel = layout.x, layout.y, layout.metric, layout.panel
         grids = heatmap_grids(rows, x, y, metric, panel)
-        res.axes, res.grids = axes, grids
+        res.axes, res.grids = (x, y, metric, panel), grids
         if plot:
-            res.heatmap = plot_heatmaps(grids, x, y, metric, panel, out / f"heatmap_{metric}.png",
-                                        title=f"{metric} over {x} x {y}" + (f", one panel per {panel}" if panel else ""))
+            res.heatmap = res.chart = plot_heatmaps(
+                grids, x, y, metric, panel, out / f"heatmap_{metric}.png",
+                title=f"{metric} over {x} x {y}" + (f", one panel per {panel}" if panel else ""))
             text += [f"![{metric}]({res.heatmap.name})", ""]
         text.append(grids_markdown(grids, x, y, metric, panel))
+    elif layout is not None and layout.kind == "lines":
+        assert layout.x and layout.metric
+        x, metric, panel = layout.x, layout.metric, layout.panel
+        res.series = line_series(rows, x, metric, panel)
+        if plot:
+            seeds = any(int(c) > 1 for ser in res.series for c in ser.count)
+            res.chart = plot_lines(res.series, x, metric, panel, out / f"lines_{metric}.png",
+                                   title=f"{metric} over {x}" + (", mean ± sd over seeds" if seeds else "")
+                                   + (f", one panel per {panel}" if panel else ""))
+            text += [f"![{metric}]({res.chart.name})", ""]
+        text.append(lines_markdown(res.series, x, metric, panel))
+    elif layout is not None:
+        res.seeds = seed_table(rows, layout.panel)
+        swept = swept_keys(rows)
+        text.append("Nothing is swept but the seed: no chart." if swept == ["seed"] else
+                    f"No swept key to chart ({'it sweeps ' + ', '.join(swept) if swept else 'nothing is swept'}).")
+        text.append("")
+        text.append(seeds_markdown(res.seeds, rows, layout.panel) if res.seeds else "No job reports a number.")
     write_text_atomic(res.markdown, "\n".join(text).rstrip() + "\n")
     return res
 

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from enas_rnn.errors import ConfigError
+from enas_rnn.errors import ConfigError, WorseThanChance
 from enas_rnn.genotype import Genotype
 from enas_rnn.model import build_cores, count_parameters
 from enas_rnn.rules import INT0, INT1, NONNEG, OPT_INT1, OPT_NONNEG, POSITIVE, check_values, fail, one_of, rule
@@ -48,7 +48,7 @@ from enas_rnn.train import check_skipped, guarded_step
 
 __all__ = ["TaskKind", "TaskConfig", "TaskTrainConfig", "TaskData", "TaskModel", "TaskResult", "make_task",
            "build_task_model", "evaluate_task", "fit_task", "validate_task", "task_model_summary", "make_optimizer",
-           "SINE_STEP", "OPTIMIZERS"]
+           "chance_level", "worse_than_chance", "SINE_STEP", "OPTIMIZERS", "CHANCE_SE"]
 
 OPTIMIZERS = ("adam", "sgd")
 SINE_STEP = 0.1  # sampling interval of the sine series: 10 points a period (the authors' data/sin config)
@@ -257,6 +257,50 @@ def _compare(kind: TaskKind, new: float, old: float, new_loss: float, old_loss: 
     return new < old, new < old
 
 
+#: How many standard errors below a uniform guess's accuracy an nth run must end to count as worse than it.
+#: A uniform guess scores 1/F on average with sd sqrt(p (1 - p) / n) on n validation examples; a model
+#: that learnt nothing (a constant answer, the class frequencies) lands anywhere in that band, and such a
+#: run is a result (the cell cannot carry the symbol), not a failure.
+CHANCE_SE = 3.0
+
+
+def chance_level(data: TaskData) -> float:
+    """What guessing reaches on the validation split, in the unit :func:`worse_than_chance` compares.
+
+    nth: the accuracy of a uniform guess over the F symbols, 1/F. sine: the MSE (the training loss) of
+    always predicting the mean of the training targets.
+    """
+    if data.kind == TaskKind.nth:
+        return 1.0 / data.num_outputs
+    return float(((data.valid_y - data.train_y.mean()) ** 2).mean())
+
+
+def worse_than_chance(data: TaskData, history: list[dict[str, float]]) -> Optional[str]:
+    """Why the run's best validation is worse than guessing, or None when it is not (or nothing was validated).
+
+    nth: the best validation accuracy is more than :data:`CHANCE_SE` standard errors below 1/F (a
+    model below chance learnt the wrong answer; one at chance is a measured failure to learn, kept);
+    sine: the lowest validation MSE is above that of predicting the mean (a model worse than a constant).
+    """
+    if not history:
+        return None
+    chance = chance_level(data)
+    if data.kind == TaskKind.nth:
+        best = max(h["valid_acc"] for h in history)
+        n = max(int(data.valid_y.numel()), 1)
+        band = CHANCE_SE * math.sqrt(chance * (1 - chance) / n)
+        if not best >= chance - band:
+            return (f"the best validation accuracy, {best:.3f}, is below chance: a uniform guess over the "
+                    f"{data.num_outputs} symbols scores {chance:.3f} (± {band / CHANCE_SE:.3f} on {n} validation "
+                    f"examples; this is {CHANCE_SE:g} of those below), so the model learnt a wrong answer")
+        return None
+    best = min(h["valid_loss"] for h in history)
+    if not best <= chance:
+        return (f"the lowest validation MSE, {best:.4g}, is worse than always predicting the mean "
+                f"(MSE {chance:.4g}), so the model learnt nothing usable")
+    return None
+
+
 def make_optimizer(cfg: Any, params: Any) -> torch.optim.Optimizer:
     """Adam or plain SGD with the configured lr and weight decay."""
     if cfg.optimizer == "adam":
@@ -267,7 +311,11 @@ def make_optimizer(cfg: Any, params: Any) -> torch.optim.Optimizer:
 def fit_task(model: TaskModel, data: TaskData, cfg: Any, seed: int = 0) -> TaskResult:
     """Trains ``model`` on ``data.train`` for ``cfg.max_steps`` mini-batch steps (reshuffled every
     epoch with a generator seeded by ``seed``), validating every ``cfg.eval_every`` steps; the
-    best-validation weights are restored and evaluated on train, valid and test."""
+    best-validation weights are restored and evaluated on train, valid and test.
+
+    Like the LM loop it raises :class:`TrainingDiverged` after too many non-finite steps, and
+    :class:`WorseThanChance` when the run ends (budget or early stop) worse than guessing
+    (:func:`worse_than_chance`): a run may start there and improve, so only its best counts."""
     optimizer = make_optimizer(cfg, model.parameters())
     params = [p for g in optimizer.param_groups for p in g["params"]]
     gen = torch.Generator().manual_seed(int(seed))
@@ -307,6 +355,10 @@ def fit_task(model: TaskModel, data: TaskData, cfg: Any, seed: int = 0) -> TaskR
             if reached or (cfg.patience is not None and since_best >= cfg.patience):
                 res.stopped_early = True
                 break
+    why = worse_than_chance(data, res.history)
+    if why is not None:
+        raise WorseThanChance(f"training ended after {res.steps} steps: {why}. Lower train.lr (now {cfg.lr:g}) "
+                              f"or train.clip (now {cfg.clip:g}), or set model.state_clip for a searched cell")
     model.load_state_dict(best_state)
     for split in ("train", "valid", "test"):
         loss_v, metric_v = evaluate_task(model, *data.split(split), cfg.eval_batch_size)

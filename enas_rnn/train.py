@@ -23,8 +23,10 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor, nn
 
+from enas_rnn import interrupt
 from enas_rnn.corpus import DataConfig, get_batch, sample_seq_len
-from enas_rnn.errors import TrainingDiverged
+from enas_rnn.errors import TrainingDiverged, WorseThanChance
+from enas_rnn.interrupt import Interrupted
 from enas_rnn.model import RNNLM, Hidden, detach_hidden
 from enas_rnn.rules import INT0, INT1, NONNEG, OPT_INT1, POSITIVE, number_in, rule
 
@@ -129,6 +131,7 @@ def train_steps(
     num_steps: Optional[int] = None,
     core_kwargs_fn: Optional[CoreKwargsFn] = None,
     on_step: Optional[Callable[[LoopState, StepResult], None]] = None,
+    stop: Optional[Callable[[], bool]] = None,
 ) -> bool:
     """Trains on consecutive BPTT windows of ``source`` [T, B] from ``state.pos``.
 
@@ -136,6 +139,10 @@ def train_steps(
     ended (then ``state.pos`` is reset and ``state.epoch`` advanced). A window whose loss or
     gradient norm is not finite is skipped: no optimiser step, the hidden state is reset, the step
     is counted in ``state.skipped``; after ``cfg.max_nonfinite`` of them TrainingDiverged is raised.
+
+    ``stop`` (e.g. :func:`enas_rnn.interrupt.requested`) is asked before every window: when it says
+    True the call returns at once, between two windows, with ``state`` as after the last finished
+    step; the caller tells this early return from a finished one by the steps done.
     """
     model.train()
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -144,6 +151,8 @@ def train_steps(
         state.hidden = model.init_hidden(batch_size)
     done = 0
     while state.pos < source.size(0) - 1 and (num_steps is None or done < num_steps):
+        if stop is not None and stop():
+            break
         t0 = time.perf_counter()
         seq_len = sample_seq_len(data.bptt, state.bptt_gen) if data.variable_bptt else data.bptt
         # Longer windows take a proportionally larger step (Merity et al. 2018, 4.1).
@@ -212,6 +221,24 @@ def perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 700 else math.inf
 
 
+def worse_than_uniform(ppl: float, vocab_size: int) -> bool:
+    """Whether a perplexity is worse than a uniform guess over the vocabulary (whose perplexity is
+    exactly ``vocab_size``); NaN and infinity are worse. Such a model learnt nothing usable: the
+    training split's word frequencies alone reach 687 on PTB's validation split (10,000 words)."""
+    return not ppl <= vocab_size
+
+
+def _number(x: float) -> str:
+    """A perplexity for a message: 10,000.00 or 2.8e+73."""
+    return f"{x:,.2f}" if x < 1e7 else f"{x:.3g}"
+
+
+def worse_than_uniform_message(ppl: float, vocab_size: int, what: str, fix: str) -> str:
+    """One sentence for :class:`WorseThanChance`: ``what`` reached ``ppl``, the chance level, ``fix``."""
+    return (f"{what}: the best validation perplexity, {_number(ppl)}, is worse than a uniform guess over the "
+            f"{vocab_size:,}-word vocabulary (perplexity {vocab_size:,}), so the weights are no result. {fix}")
+
+
 class ScalarLogger:
     """The logging surface the loop needs; a TensorBoard SummaryWriter satisfies it."""
 
@@ -238,6 +265,21 @@ def fit(
 
     Resumable: everything it reads or changes is in ``state``, so a state restored from a
     checkpoint continues exactly where the saved run was.
+
+    Failures it raises (after ``save`` has kept what there is):
+
+    * :class:`TrainingDiverged` for a non-finite validation (before any checkpoint of those weights)
+      or too many skipped steps;
+    * :class:`WorseThanChance` at the end of the budget when the best validation perplexity is worse
+      than a uniform guess (:func:`worse_than_uniform`, chance = ``model.vocab_size``); a run may
+      start worse than that and improve, so only the end counts, and a finished run that failed
+      fails again when resumed;
+    * :class:`~enas_rnn.interrupt.Interrupted` when a stop was requested
+      (:func:`enas_rnn.interrupt.requested`, after :func:`enas_rnn.interrupt.install`): at the
+      next window boundary, never mid-step, after whatever was due at that boundary (a validation,
+      the lr decay of an epoch end) and ``save(state, False)``, so a checkpoint of ``state.step``
+      exists. Its message holds the placeholder ``resume=<folder>``; the caller, who knows the
+      folder, re-raises ``exc.with_folder(run_dir)``.
     """
     window_tokens = 0
     window_loss = 0.0
@@ -304,7 +346,14 @@ def fit(
             if every is not None:
                 to_next = every - state.step % every
                 chunk = to_next if chunk is None else min(chunk, to_next)
-        epoch_ended = train_steps(model, optimizer, train, state, cfg, data, chunk, on_step=step_hook)
+        before = state.step
+        epoch_ended = train_steps(model, optimizer, train, state, cfg, data, chunk, on_step=step_hook,
+                                  stop=interrupt.requested)
+        if not epoch_ended and (chunk is None or state.step - before < chunk):
+            # Stopped early at a window boundary: nothing was due here, so only the checkpoint is.
+            if save is not None:
+                save(state, False)
+            raise Interrupted(state.step, interrupt.requested_by(), saved=save is not None)
         if epoch_ended:
             if state.epoch >= cfg.decay_start:
                 state.lr *= cfg.lr_decay
@@ -315,4 +364,12 @@ def fit(
             validate()
         elif save is not None:
             save(state, False)
+        if interrupt.requested():  # it came during the chunk's last window or its validation: saved above
+            raise Interrupted(state.step, interrupt.requested_by(), saved=save is not None)
+    ppl = perplexity(state.best_valid_loss)
+    if state.history and worse_than_uniform(ppl, model.vocab_size):
+        raise WorseThanChance(worse_than_uniform_message(
+            ppl, model.vocab_size, f"training ended after {state.step} steps",
+            f"Lower train.lr (now {cfg.lr:g}) or train.clip (now {cfg.clip:g}), or set model.state_clip for a "
+            "searched cell, and start a new run"))
     return state

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -116,14 +116,9 @@ def provenance(genotype: Genotype, cfg: DictConfig, payload: dict, path: Path) -
         cell = "Cell: the vanilla LSTM, trained as torch.nn.LSTM and exported as the lstm genotype."
     else:
         cell = f"Cell: genotype {genotype.hash()}, from {cfg.cell} (a cell found by an enas_rnn search or written by hand)."
-    weights = f"Weights: checkpoint {path} (step {payload.get('step')})"
-    metrics = path.parent.parent / "metrics.json"
-    try:
-        m = json.loads(metrics.read_text())
-        weights += f", trained by enas-train; validation perplexity {m['valid_ppl']:.2f}, test perplexity {m['test_ppl']:.2f}"
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return [cell, weights + "."]
+    # The perplexity of these weights is added by enas_rnn.export (export.perplexity_provenance): it knows
+    # which numbers describe which checkpoint (metrics.json is best.pt's, not last.pt's).
+    return [cell, f"Weights: checkpoint {path} (step {payload.get('step')})."]
 
 
 def _from_baseline(cfg: DictConfig, sd: dict[str, Tensor], vocab_size: int, given: Optional[Genotype], source: str,

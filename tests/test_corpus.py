@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_tiny_corpus
 
 from enas_rnn.corpus import (
     Corpus,
@@ -72,6 +73,15 @@ def test_ptb_unk_and_eos(ptb: Corpus) -> None:
     assert int((ptb.test == eos).sum()) == 3_761
 
 
+def test_ptb_with_a_bom_keeps_10000_words(ptb: Corpus, tmp_path: Path) -> None:
+    # PTB's first line starts with a space, so a BOM read as text would be a word of its own (10,001).
+    for split in ("train", "valid", "test"):
+        (tmp_path / f"{split}.txt").write_bytes(b"\xef\xbb\xbf" + (ptb.root / f"{split}.txt").read_bytes())
+    bommed = load_corpus(tmp_path)
+    assert len(bommed.vocab) == 10_000
+    assert torch.equal(bommed.train, ptb.train)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Tiny corpora
 # ---------------------------------------------------------------------------------------------------------------
@@ -114,6 +124,29 @@ def test_empty_lines_give_one_eos(tmp_path: Path) -> None:
     assert corpus.train.tolist() == [v.index("a"), v.index("b"), eos, eos, eos, v.index("c"), eos]
     assert corpus.valid.tolist() == [eos, eos]
     assert corpus.test.tolist() == [v.index("a"), eos, v.index("b"), eos]  # CRLF is one line break
+
+
+def test_leading_bom_is_not_a_word(tmp_path: Path) -> None:
+    # A byte-order mark before the first word (Windows editors write one) is dropped in every split, so the
+    # vocabulary and the streams are those of the same files without it; a BOM'd PTB stays at 10,000 words.
+    plain = write_tiny_corpus(tmp_path / "plain")
+    bommed = tmp_path / "bom"
+    bommed.mkdir()
+    for split in ("train", "valid", "test"):
+        (bommed / f"{split}.txt").write_bytes(b"\xef\xbb\xbf" + (plain / f"{split}.txt").read_bytes())
+    want, got = load_corpus(plain), load_corpus(bommed)
+    assert got.vocab == want.vocab
+    assert not any("\ufeff" in w for w in got.vocab.idx2word)
+    for split in ("train", "valid", "test"):
+        assert torch.equal(got.split(split), want.split(split)), split
+
+
+def test_bom_glued_to_a_word_is_dropped_too(tmp_path: Path) -> None:
+    # Without a leading space the BOM would be glued to the first word ('\ufeffa'), a second spelling of 'a'.
+    root = _write_corpus(tmp_path / "c", "\ufeffa b\na\n", "\ufeffa\n", "b\n")
+    corpus = load_corpus(root)
+    assert corpus.vocab.idx2word == ["a", "b", "<eos>"]
+    assert corpus.valid.tolist() == [0, 2]
 
 
 def test_missing_files_message(tmp_path: Path) -> None:

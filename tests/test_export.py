@@ -25,13 +25,21 @@ from enas_rnn.trainrun import train_lm  # noqa: E402
 from enas_rnn.cells import FixedCell  # noqa: E402
 from enas_rnn.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from enas_rnn.errors import CheckpointError  # noqa: E402
-from enas_rnn.export import ExportError, export_trained, generate_source, load_module  # noqa: E402
+from enas_rnn.export import (  # noqa: E402
+    ExportError,
+    export_trained,
+    generate_source,
+    load_module,
+    measured_perplexity,
+)
 from enas_rnn.genotype import Genotype, GenotypeError, get_named  # noqa: E402
 from enas_rnn.spaces import make_space  # noqa: E402
 from enas_rnn.spaces.lstm import copy_from_nn_lstm  # noqa: E402
 
-TINY = ["experiment=smoke", "train.max_steps=12", "train.eval_every=6", "device=cpu", "model.emb_size=16",
-        "model.hidden_size=16"]
+# lr 5: at smoke's lr 20 these 16-unit models oscillate around a uniform guess on the tiny corpus (17 words), which
+# fit() refuses as no result; at 5 they learn its word frequencies (valid ppl ~15) within the budget.
+TINY = ["experiment=smoke", "train.max_steps=12", "train.eval_every=6", "train.lr=5", "device=cpu",
+        "model.emb_size=16", "model.hidden_size=16"]
 
 
 @pytest.fixture(scope="module")
@@ -312,3 +320,46 @@ def test_cli_export_and_errors(runs: dict[str, Path], tmp_path: Path) -> None:
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().startswith("error:") and "lstm space" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "bad").exists() or not list((tmp_path / "bad").iterdir())
+
+
+# ---------------------------------------------------------------------------------------- perplexity in the docstring
+def _docstring(module: Path) -> str:
+    return ast.get_docstring(ast.parse(module.read_text())) or ""
+
+
+def test_the_docstring_states_the_perplexity_of_the_exported_weights(runs: dict[str, Path], tmp_path: Path) -> None:
+    run = runs["nn_lstm"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    # A caller whose lines name no perplexity (the pipeline's): the export adds the run's measured one.
+    trained = load_trained(run / "checkpoints" / "best.pt")
+    trained.provenance = ["Cell: the winner of a search.", "Weights: its best compared run."]
+    doc = _docstring(export_trained(trained, tmp_path / "a", "with_metrics").module)
+    assert (f"Perplexity of these weights: validation {metrics['valid_ppl']:.2f}, test {metrics['test_ppl']:.2f} "
+            f"(from {run / 'metrics.json'})") in doc
+    # No metrics.json (the run did not finish): the validation its history records at best.pt's step.
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(run / "checkpoints", unfinished / "checkpoints")
+    doc = _docstring(export_trained(load_trained(unfinished / "checkpoints" / "best.pt"), tmp_path / "b", "no_metrics")
+                     .module)
+    assert f"Perplexity of these weights: validation {metrics['valid_ppl']:.2f}, test perplexity unknown" in doc
+    assert "the validation history in" in doc
+    # Neither: said so, with no number.
+    alone = tmp_path / "alone" / "checkpoints"
+    alone.mkdir(parents=True)
+    shutil.copy(run / "checkpoints" / "best.pt", alone / "best.pt")
+    doc = _docstring(export_trained(load_trained(alone / "best.pt"), tmp_path / "c", "unknown").module)
+    assert "Perplexity unknown:" in doc and "Perplexity of these weights" not in doc
+
+
+def test_metrics_json_speaks_only_for_best_pt(runs: dict[str, Path]) -> None:
+    # last.pt holds the weights of the last step: the run's best validation and its test perplexity belong
+    # to best.pt, so only the validation at last.pt's own step (if one ran there) describes it.
+    run = runs["sampled"]
+    last = run / "checkpoints" / "last.pt"
+    payload = load_checkpoint(last)
+    at_step = [h["valid_ppl"] for h in payload["loop"]["history"] if h["step"] == payload["step"]]
+    valid, test, where = measured_perplexity(last)
+    assert test is None and where == f"the validation history in {last}"
+    assert [valid] == at_step
+    valid, test, where = measured_perplexity(run / "checkpoints" / "best.pt")
+    assert where == str(run / "metrics.json") and test == json.loads((run / "metrics.json").read_text())["test_ppl"]

@@ -292,6 +292,15 @@ def test_load_genotype_by_name_and_path(tmp_path):
     assert load_genotype(str(path)) == get_named("enas_paper")
 
 
+def test_genotype_file_with_a_bom_loads(tmp_path):
+    # A byte-order mark before the JSON (Windows editors write one): json.loads alone refuses it.
+    path = tmp_path / "cell.json"
+    path.write_bytes(b"\xef\xbb\xbf" + get_named("enas_paper").to_json().encode("utf-8"))
+    assert load_genotype(path) == get_named("enas_paper")
+    assert Genotype.from_json(str(path)) == get_named("enas_paper")
+    assert Genotype.from_json("\ufeff" + get_named("lstm").to_json()) == get_named("lstm")
+
+
 def test_load_genotype_errors_name_the_file(tmp_path):
     with pytest.raises(GenotypeError) as e:
         load_genotype(tmp_path / "missing.json")

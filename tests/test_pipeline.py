@@ -21,7 +21,9 @@ from enas_rnn.genotype import Genotype, get_named
 
 
 def pipe_cfg(root: Path, *extra: str):
-    return compose_app("pipeline", ["experiment=smoke", f"data.root={root}", *extra])
+    # train.lr=5: at smoke's lr 20 the 10-step shortlist retraining ends about as good as a uniform guess on the tiny
+    # corpus, which fit() refuses as no result; at 5 the cells learn at least the word frequencies.
+    return compose_app("pipeline", ["experiment=smoke", f"data.root={root}", "train.lr=5", *extra])
 
 
 def test_smoke_pipeline_writes_every_stage_and_is_never_rewritten(tiny_corpus: Path, tmp_path: Path,

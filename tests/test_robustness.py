@@ -142,11 +142,16 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tiny_corpus:
     assert (ckpts / "last.prev.pt").is_file()
     good = torch.load(previous(ckpts / LAST), weights_only=True)["step"]
     (ckpts / LAST).write_bytes((ckpts / LAST).read_bytes()[:500])  # truncated, as after a crash mid-copy
+    corrupt = (ckpts / LAST).read_bytes()
     assert load_resumable(run)["step"] == good
+    assert (ckpts / "last.unreadable.pt").read_bytes() == corrupt  # set aside, and last.pt is prev's copy now
+    (ckpts / LAST).write_bytes(corrupt)
     (run / "metrics.json").unlink()
     res = cli("train", f"resume={run}")
     assert res.returncode == 0, res.stderr[-2000:]
     assert "resuming from the checkpoint before it" in res.stdout + res.stderr
+    assert "last.unreadable.1.pt" in res.stdout + res.stderr
+    assert torch.load(previous(ckpts / LAST), weights_only=True)["step"] >= good  # a readable prev survived
     # both unreadable: a message that says what works, without torch's advice to drop weights_only
     previous(ckpts / LAST).write_bytes(b"garbage")
     (ckpts / LAST).write_bytes(b"garbage")

@@ -155,5 +155,6 @@ def test_summary_errors_are_one_line(tmp_path: Path) -> None:
     _fake_job(tmp_path / "one", "1", ["train.lr=2"], {"valid_ppl": 4.0})
     res = _run("enas_rnn.cli.summary", [str(tmp_path / "one"), "--x", "train.lrr", "--y", "train.lr"], tmp_path)
     assert res.returncode == 2 and "train.lrr" in res.stderr and "columns are" in res.stderr
-    res = _run("enas_rnn.cli.summary", [str(tmp_path / "one")], tmp_path)  # one axis only: table, no heatmap
-    assert res.returncode == 0 and "No heatmap" in (tmp_path / "one" / "summary.md").read_text()
+    res = _run("enas_rnn.cli.summary", [str(tmp_path / "one")], tmp_path)  # one axis only: a line chart, no heatmap
+    assert res.returncode == 0 and (tmp_path / "one" / "lines_valid_ppl.png").is_file()
+    assert not (tmp_path / "one" / "heatmap_valid_ppl.png").exists()

@@ -3,23 +3,26 @@ an LSTM learns nth-element recall, and bad settings get one readable error."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 from conftest import compose_app
 
-from enas_rnn.errors import ConfigError, TrainingDiverged
+from enas_rnn.errors import ConfigError, TrainingDiverged, WorseThanChance
 from enas_rnn.genotype import load_genotype
 from enas_rnn.model import GRUCore, LSTMCore
 from enas_rnn.tasks import (
     SINE_STEP,
     TaskKind,
     build_task_model,
+    chance_level,
     evaluate_task,
     fit_task,
     make_task,
     validate_task,
+    worse_than_chance,
 )
 
 
@@ -125,3 +128,47 @@ def test_stop_at_ends_a_solved_run() -> None:
     res = fit_task(build_task_model(data, None, cfg.model), data, cfg.train, seed=0)
     assert res.stopped_early and res.steps < 800 and res.history[-1]["valid_acc"] >= 0.9
     assert all(h["valid_acc"] < 0.9 for h in res.history[:-1])
+
+
+# ---------------------------------------------------------------------------------------- worse than chance
+def test_chance_levels() -> None:
+    nth = make_task(_cfg("task.features=8").task)
+    assert chance_level(nth) == 1 / 8
+    sine = make_task(_cfg("task=sine").task)
+    mean_mse = float(((sine.valid_y - sine.train_y.mean()) ** 2).mean())
+    assert chance_level(sine) == pytest.approx(mean_mse) and 0.4 < chance_level(sine) < 0.6  # var of a sine: 1/2
+
+
+def test_at_chance_is_a_result_below_it_a_failure() -> None:
+    data = make_task(_cfg("task.features=10", "task.valid_size=1000").task)  # sd of a uniform guess: 0.0095
+    assert worse_than_chance(data, []) is None
+    assert worse_than_chance(data, [{"valid_acc": 0.05}, {"valid_acc": 0.08}]) is None  # within 3 sd of 0.1
+    why = worse_than_chance(data, [{"valid_acc": 0.0}, {"valid_acc": 0.06}])
+    assert why is not None and "0.060" in why and "below chance" in why and "0.100" in why
+    # On 50 examples a uniform guess ranges so widely that no accuracy is evidence of being below it.
+    small = make_task(_cfg("task.features=10").task)
+    assert worse_than_chance(small, [{"valid_acc": 0.0}]) is None
+    sine = make_task(_cfg("task=sine").task)
+    chance = chance_level(sine)
+    assert worse_than_chance(sine, [{"valid_loss": 2.0}, {"valid_loss": chance * 0.99}]) is None
+    assert "predicting the mean" in worse_than_chance(sine, [{"valid_loss": 2.0}, {"valid_loss": chance * 1.01}])
+
+
+def test_a_model_that_learns_the_wrong_answer_fails() -> None:
+    # Validation answers shifted by one symbol: the better the model recalls, the further below chance it ends.
+    cfg = _cfg("task.seq_len=3", "task.position=2", "task.valid_size=500", "train.max_steps=150",
+               "train.eval_every=50")
+    torch.manual_seed(0)
+    data = make_task(cfg.task)
+    data = dataclasses.replace(data, valid_y=(data.valid_y + 1) % data.num_outputs)
+    with pytest.raises(WorseThanChance, match=r"after 150 steps: the best validation accuracy, .* below chance"):
+        fit_task(build_task_model(data, None, cfg.model), data, cfg.train, seed=0)
+
+
+def test_a_sine_model_worse_than_the_mean_fails() -> None:
+    # Adam at lr 1000 saturates the tanh head: every prediction is +-1, worse than predicting 0.
+    cfg = _cfg("task=sine", "train.lr=1000", "train.max_steps=40", "train.eval_every=20")
+    torch.manual_seed(0)
+    data = make_task(cfg.task)
+    with pytest.raises(WorseThanChance, match=r"worse than always predicting the mean .*train.lr \(now 1000\)"):
+        fit_task(build_task_model(data, None, cfg.model), data, cfg.train, seed=0)

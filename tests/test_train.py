@@ -13,13 +13,14 @@ import pytest
 import torch
 from conftest import REPO, compose_app
 
+import enas_rnn.train as train_mod
+from enas_rnn.corpus import DataConfig, batchify, load_corpus
+from enas_rnn.errors import CheckpointError, ConfigError, TrainingDiverged, WorseThanChance
 from enas_rnn.runfolder import RunFolder
 from enas_rnn.trainrun import train_lm
-from enas_rnn.corpus import DataConfig
-from enas_rnn.errors import CheckpointError, ConfigError, TrainingDiverged
 from enas_rnn.model import ModelConfig, build_model, count_parameters
 from enas_rnn.runs import resolve_device
-from enas_rnn.train import LoopState, TrainConfig, evaluate, train_steps
+from enas_rnn.train import LoopState, TrainConfig, evaluate, fit, train_steps, worse_than_uniform
 
 TINY = ["experiment=smoke", "train.max_steps=30", "train.eval_every=10", "train.checkpoint_every=5"]
 
@@ -205,3 +206,46 @@ def test_every_app_flushes_denormals_on_the_cpu() -> None:
     assert (tiny * 1.0).item() != 0.0  # a denormal, computed as one
     resolve_device("cpu")
     assert (tiny * 1.0).item() == 0.0
+
+
+# ---------------------------------------------------------------------------------------- worse than uniform
+def _fit_tiny(root: Path, lr: float, max_steps: int = 30, **cfg_kw) -> tuple[LoopState, int]:
+    """fit() on the tiny corpus (17 words): a one-layer 16-unit nn.LSTM, validations every 10 steps."""
+    corpus = load_corpus(root)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(emb_size=16, hidden_size=16, num_layers=1), len(corpus.vocab))
+    cfg = TrainConfig(lr=lr, max_steps=max_steps, eval_every=10, checkpoint_every=None, **cfg_kw)
+    state = LoopState(lr=lr)
+    fit(model, torch.optim.SGD(model.parameters(), lr=lr), batchify(corpus.train, 20), batchify(corpus.valid, 10),
+        state, cfg, DataConfig(bptt=7))
+    return state, len(corpus.vocab)
+
+
+def test_worse_than_uniform_is_above_the_vocabulary_size() -> None:
+    assert worse_than_uniform(10_000.5, 10_000) and worse_than_uniform(2.8e73, 10_000)
+    assert worse_than_uniform(math.inf, 10_000) and worse_than_uniform(math.nan, 10_000)
+    assert not worse_than_uniform(10_000.0, 10_000) and not worse_than_uniform(140.0, 10_000)
+
+
+def test_a_run_that_ends_worse_than_uniform_fails(tiny_corpus: Path) -> None:
+    # lr=1000 keeps the loss finite (clipping) but ends far above a uniform guess: not "done".
+    with pytest.raises(WorseThanChance) as exc:
+        _fit_tiny(tiny_corpus, lr=1000.0)
+    msg = str(exc.value)
+    assert isinstance(exc.value, TrainingDiverged)
+    assert "worse than a uniform guess over the 17-word vocabulary (perplexity 17)" in msg
+    assert "after 30 steps" in msg and "train.lr (now 1000)" in msg and "train.clip" in msg
+    assert "model.state_clip" in msg
+
+
+def test_only_the_end_of_the_budget_counts(tiny_corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A run may start worse than uniform and improve: the first validation above 17 is no failure.
+    state, vocab = _fit_tiny(tiny_corpus, lr=20.0)
+    assert state.history[0]["valid_ppl"] > vocab > state.history[-1]["valid_ppl"]
+    # One that never gets below it fails once, after its last validation (every one of them ran).
+    losses = iter([math.log(vocab) + 2, math.log(vocab) + 1, math.log(vocab) + 0.5, math.log(vocab) + 0.1])
+    monkeypatch.setattr(train_mod, "evaluate", lambda *a, **k: next(losses))
+    with pytest.raises(WorseThanChance, match=r"best validation perplexity, 18\.79"):
+        _fit_tiny(tiny_corpus, lr=20.0)
+    with pytest.raises(StopIteration):  # all four validations were used up before the error
+        next(losses)

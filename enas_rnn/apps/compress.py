@@ -48,7 +48,6 @@ from enas_rnn.compress import (
     retrain_optimizer,
     sparsity,
     stored_bits,
-    validate_compress,
 )
 from enas_rnn.conf import CompressAppConfig
 from enas_rnn.errors import ConfigError, TrainingDiverged

@@ -26,7 +26,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from enas_rnn import __version__
+from enas_rnn import __version__, interrupt
 from enas_rnn.conf import APP_SCHEMAS, CONFIG_MODULE, check_preset, register_configs, validate
 from enas_rnn.errors import ConfigError, UserError
 from enas_rnn.launch import check_slurm
@@ -187,17 +187,30 @@ def friendly_errors() -> Iterator[None]:
     missing checkpoints, a busy run folder) subclass UserError; the message names the fix. An
     interrupt (Ctrl-C, or SIGTERM at a cluster's time limit) ends with the resume hint and status 130.
     """
+    interrupt.install()  # SIGTERM / SIGINT: stop at the next step boundary with a checkpoint
     try:
         yield
+    except interrupt.Interrupted as exc:
+        by = exc.signal_name or interrupt.requested_by()
+        log.warning("%s", exc.with_folder(_folder_or_placeholder()))
+        print(f"error: {exc.with_folder(_folder_or_placeholder())}", file=sys.stderr)
+        sys.exit(143 if by == "SIGTERM" else 130)
     except UserError as exc:
-        if type(exc).__name__ == "Interrupted":
-            print(f"interrupted: {exc}", file=sys.stderr)
-            sys.exit(130)
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted: the last checkpoint is kept; continue with resume=<this run's folder>", file=sys.stderr)
-        sys.exit(130)
+        print(f"error: interrupted; the last checkpoint is kept; continue with resume={_folder_or_placeholder()}",
+              file=sys.stderr)
+        sys.exit(143 if interrupt.requested_by() == "SIGTERM" else 130)
+    finally:
+        interrupt.uninstall()
+
+
+def _folder_or_placeholder() -> str:
+    try:
+        return str(run_dir())
+    except Exception:  # noqa: BLE001 - outside a Hydra app
+        return "<this run's folder>"
 
 
 def run_dir() -> Path:
