@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from enas_rnn.errors import ConfigError, WorseThanChance
+from enas_rnn.errors import WorseThanChance
 from enas_rnn.genotype import Genotype
 from enas_rnn.model import build_cores, count_parameters
 from enas_rnn.rules import INT0, INT1, NONNEG, OPT_INT1, OPT_NONNEG, POSITIVE, check_values, fail, one_of, rule
