@@ -241,7 +241,7 @@ def test_generated_module_is_lint_clean_and_says_where_it_comes_from(runs: dict[
         text = res.module.read_text()
         out, err = io.StringIO(), io.StringIO()
         assert check(text, str(res.module), Reporter(out, err)) == 0, out.getvalue() + err.getvalue()
-        assert origin in text and "validation perplexity" in text and "Weights: checkpoint" in text
+        assert origin in text and "Perplexity of these weights: validation" in text and "Weights: checkpoint" in text
         assert ("class LM" in text) == whole_model  # no reference to an LM a layer-only export does not define
 
 

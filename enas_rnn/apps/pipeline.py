@@ -348,7 +348,8 @@ def write_summary(cfg: DictConfig, run: Path, search: dict, select: dict, compar
                "candidates": select["candidates"], "references": select["references"],
                "fidelity": select["fidelity"], "compare_summary": compare["summary"], "export": export,
                "stage_seconds": {k: float(times.get(k, 0.0)) for k in STAGES},
-               "launcher": cfg.launcher.name, "search_from": cfg.get("search_from")}
+               "launcher": cfg.launcher.name, "search_from": cfg.get("search_from"),
+               "experiment": cfg.get("experiment"), "config": identity_of(cfg)}
     write_json(run / "metrics.json", metrics)
     return json.loads((run / "metrics.json").read_text())
 
