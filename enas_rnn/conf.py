@@ -31,7 +31,7 @@ from enas_rnn.scores import SCORES, HiddenCovConfig, MRSConfig
 from enas_rnn.scores.mrs import DISTRIBUTIONS, ERRORS, THRESHOLD_MODES
 from enas_rnn.screen import SCREENED_REWARDS, ScreenConfig
 from enas_rnn.search import DEGENERATE_MODES, SearchConfig
-from enas_rnn.spaces import SPACES, SpaceConfig
+from enas_rnn.spaces import SPACES, TEMPLATES, SpaceConfig
 from enas_rnn.strategies import STRATEGIES
 from enas_rnn.summary import SummaryConfig
 from enas_rnn.tasks import TaskConfig, TaskTrainConfig
@@ -101,7 +101,8 @@ RULES: dict[str, list[tuple[str, Any, str]]] = {
               ("log_every", *_INT1)]
     + [(k, *_OPT_INT1) for k in ("max_steps", "eval_every", "eval_batches", "checkpoint_every")],
     "space": [("name", lambda v: v in SPACES, "one of " + ", ".join(sorted(SPACES))),
-              ("num_nodes", lambda v: isinstance(v, int) and 1 <= v <= 64, "an integer in [1, 64]")],
+              ("num_nodes", lambda v: isinstance(v, int) and 1 <= v <= 64, "an integer in [1, 64]"),
+              ("template", lambda v: v in TEMPLATES, "one of " + ", ".join(TEMPLATES))],
     "controller": [("hidden_size", *_INT1), ("temperature", *_POS), ("tanh_constant", *_NONNEG), ("init_range", *_POS)],
     "search": [("strategy", lambda v: v in STRATEGIES, "one of " + ", ".join(STRATEGIES)),
                ("epochs", *_INT1), ("shared_steps", *_OPT_INT1), ("controller_steps", *_INT0),

@@ -122,6 +122,9 @@ class SearchSpace:
     picture_note: ClassVar[str] = ""
     #: The named cell distances are measured to (``enas_rnn.distance``), if any.
     reference: ClassVar[Optional[str]] = None
+    #: Decision templates the space offers (``space.template``): "none" is the free space; a template
+    #: fixes part of every cell and so changes the decisions, never the genotype format.
+    templates: ClassVar[tuple[str, ...]] = ("none",)
 
     # ------------------------------------------------------------------ genotype semantics
     @classmethod
@@ -146,7 +149,8 @@ class SearchSpace:
 
     @classmethod
     def analyse(cls, g: Genotype) -> CellAnalysis:
-        """Whether h_t can depend on the input and whether the cell has a working memory, with reasons."""
+        """Whether h_t can depend on the input and whether the cell has a working memory, with reasons;
+        and how fast its state can grow without the guard (bounded, linear, unbounded)."""
         raise NotImplementedError
 
     @classmethod
@@ -203,10 +207,14 @@ class SearchSpace:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ decisions
-    def __init__(self, num_nodes: int = 8) -> None:
+    def __init__(self, num_nodes: int = 8, template: str = "none") -> None:
         if int(num_nodes) < 1:
             raise ValueError(f"{self.name} space: num_nodes must be >= 1, got {num_nodes}")
+        if template not in self.templates:
+            raise ValueError(f"{self.name} space: template {template!r} is unknown; valid templates: "
+                             f"{options(self.templates)}")
         self.num_nodes = int(num_nodes)
+        self.template = str(template)
         self._decisions = tuple(self._build_decisions())
 
     def _build_decisions(self) -> list[Decision]:
@@ -236,9 +244,11 @@ class SearchSpace:
         """Inverse of ``decode``: ``decode(encode(g)) == g`` (see subclasses for padding)."""
         raise NotImplementedError
 
-    def allowed(self, prefix: Sequence[int], require_memory: bool = True) -> Optional[list[bool]]:
+    def allowed(self, prefix: Sequence[int], require_memory: bool = True, require_bounded: bool = False,
+                exclude_degenerate: bool = True) -> Optional[list[bool]]:
         """Constrained decoding: which choices of decision ``len(prefix)`` can still complete a cell that is
-        not degenerate; None when all can (the default: a space whose cells are never degenerate)."""
+        not degenerate (``exclude_degenerate``) and, with ``require_bounded``, not unbounded; None when all
+        can (the default: a space whose cells are never degenerate and never analysed for growth)."""
         return None
 
     def sample(self, rng: Rng = None, accept: Optional[Callable[[Genotype], bool]] = None,
@@ -272,10 +282,11 @@ class SearchSpace:
             raise GenotypeError(f"cannot encode a {genotype.space!r} genotype in the {self.name!r} space")
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(num_nodes={self.num_nodes})"
+        return f"{type(self).__name__}(num_nodes={self.num_nodes}, template={self.template!r})"
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.num_nodes == self.num_nodes  # type: ignore[attr-defined]
+        return (type(other) is type(self) and other.num_nodes == self.num_nodes  # type: ignore[attr-defined]
+                and other.template == self.template)  # type: ignore[attr-defined]
 
     def __hash__(self) -> int:
-        return hash((self.name, self.num_nodes))
+        return hash((self.name, self.num_nodes, self.template))
