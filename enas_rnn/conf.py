@@ -30,7 +30,7 @@ from enas_rnn.model import ModelConfig
 from enas_rnn.scores import SCORES, HiddenCovConfig, MRSConfig
 from enas_rnn.scores.mrs import DISTRIBUTIONS, ERRORS, THRESHOLD_MODES
 from enas_rnn.screen import SCREENED_REWARDS, ScreenConfig
-from enas_rnn.search import DEGENERATE_MODES, SearchConfig
+from enas_rnn.search import DEGENERATE_MODES, UNBOUNDED_MODES, SearchConfig
 from enas_rnn.spaces import SPACES, TEMPLATES, SpaceConfig
 from enas_rnn.strategies import STRATEGIES
 from enas_rnn.summary import SummaryConfig
@@ -110,6 +110,7 @@ RULES: dict[str, list[tuple[str, Any, str]]] = {
                ("entropy_weight", *_NONNEG), ("baseline_decay", lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
                ("controller_lr", *_POS), ("controller_clip", *_OPT_POS), ("nonfinite_reward", *_FINITE),
                ("degenerate", lambda v: v in DEGENERATE_MODES, "one of " + ", ".join(DEGENERATE_MODES)),
+               ("unbounded", lambda v: v in UNBOUNDED_MODES, "one of " + ", ".join(UNBOUNDED_MODES)),
                ("degenerate_reward", *_FINITE), ("derive_samples", *_INT1), ("derive_batches", *_INT1),
                ("derive_rerank", *_INT0), ("derive_rerank_batches", *_INT0), ("top_k", *_INT1),
                ("time_budget_s", *_OPT_POS),

@@ -248,19 +248,36 @@ class SearchSpace:
                 exclude_degenerate: bool = True) -> Optional[list[bool]]:
         """Constrained decoding: which choices of decision ``len(prefix)`` can still complete a cell that is
         not degenerate (``exclude_degenerate``) and, with ``require_bounded``, not unbounded; None when all
-        can (the default: a space whose cells are never degenerate and never analysed for growth)."""
+        can (the default: a space whose cells are never degenerate and never analysed for growth).
+
+        A mask of a decision that is not an output must be exact and the same whatever came before
+        (``sample`` relies on it to stay uniform over the valid cells)."""
         return None
 
     def sample(self, rng: Rng = None, accept: Optional[Callable[[Genotype], bool]] = None,
-               max_tries: int = 10_000) -> Genotype:
+               max_tries: int = 10_000, constraint: Optional[Callable[[list[int]], Optional[list[bool]]]] = None
+               ) -> Genotype:
         """A genotype drawn uniformly over each decision (``random.Random``, ``torch.Generator`` or seed).
 
         With ``accept``, draws are repeated until one is accepted: a uniform draw from the accepted
-        subset (e.g. the cells that are not degenerate).
+        subset (e.g. the cells that are not degenerate). ``constraint`` (a space's ``allowed`` with its
+        settings) makes the search cheaper where acceptable cells are rare: each decision that is not an
+        output is drawn uniformly among the choices it allows. Spaces restrict such decisions only by
+        exact rules that never depend on earlier choices (enas: a bounded cell uses tanh or sigmoid
+        everywhere), so with ``accept`` the draw is still uniform over the accepted subset; the output
+        decisions (whose masks depend on the nodes) are left to ``accept``.
         """
         gen = as_rng(rng)
         for _ in range(max_tries):
-            g = self.decode([_randbelow(gen, d.num_choices) for d in self._decisions])
+            choices: list[int] = []
+            for d in self._decisions:
+                mask = constraint(choices) if constraint is not None and d.kind != "output" else None
+                if mask is None:
+                    choices.append(_randbelow(gen, d.num_choices))
+                else:
+                    ok = [k for k, m in enumerate(mask) if m]
+                    choices.append(ok[_randbelow(gen, len(ok))])
+            g = self.decode(choices)
             if accept is None or accept(g):
                 return g
         raise GenotypeError(f"no acceptable {self.name} cell in {max_tries} draws of {self!r}")
