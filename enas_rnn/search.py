@@ -199,11 +199,11 @@ class SearchRun:
         # valid(g): a cell worth evaluating (neither degenerate nor - unless off - unbounded); proposals are
         # restricted to valid cells when redrawing (mask and resample modes, or random search, which has no
         # policy to teach); the rest of the invalid proposals are penalised (penalty mode).
-        self.valid = self._acceptor(check_deg, check_unb) if check_deg or check_unb else None
+        self.valid = self._acceptor(check_deg, check_unb)
         # (mask mode redraws too: the ~4 % of node choices with no valid output pair, 8-node lstm space)
-        random = s.strategy == "random"
-        self.redraw = self._acceptor(check_deg and (s.degenerate != "penalty" or random),
-                                     check_unb and (unbounded != "penalty" or random))
+        no_policy = s.strategy == "random"
+        self.redraw = self._acceptor(check_deg and (s.degenerate != "penalty" or no_policy),
+                                     check_unb and (unbounded != "penalty" or no_policy))
         self.loop = LoopState(lr=cfg.train.lr)
         self.loop.bptt_gen.manual_seed(cfg.seed)
         self.state = SearchState()
@@ -223,11 +223,12 @@ class SearchRun:
         self.best_ppl = min((r["ppl"] for r in self.state.records), default=math.inf)
         self.history_file: Any = None
         self._epoch_losses: list[float] = []  # shared-phase window losses of the current epoch (for the log)
-        log.info("enas-search in %s: %s search of the %s space (%d nodes), supernet %d units (%s parameters), "
-                 "%d epochs x (%s shared + %d controller steps), screen %s, degenerate cells: %s%s", self.run_dir,
-                 s.strategy, self.space.name, self.space.num_nodes, cfg.model.hidden_size,
+        template = "" if self.space.template == "none" else f", template {self.space.template}"
+        log.info("enas-search in %s: %s search of the %s space (%d nodes%s), supernet %d units (%s parameters), "
+                 "%d epochs x (%s shared + %d controller steps), screen %s, degenerate cells: %s, unbounded cells: %s%s",
+                 self.run_dir, s.strategy, self.space.name, self.space.num_nodes, template, cfg.model.hidden_size,
                  f"{sum(p.numel() for p in self.model.parameters()):,}", s.epochs, s.shared_steps, s.controller_steps,
-                 cfg.screen.name, s.degenerate, f"; resumed at epoch {self.state.epoch}" if payload is not None else "")
+                 cfg.screen.name, s.degenerate, unbounded, f"; resumed at epoch {self.state.epoch}" if payload is not None else "")
 
     def _acceptor(self, degenerate: bool, unbounded: bool) -> Optional[Callable[[Genotype], bool]]:
         """The cells to keep: not degenerate (when ``degenerate``) and not unbounded (when ``unbounded``)."""
