@@ -43,7 +43,7 @@ def _lstm_bounds(cell: FixedCell, g: Genotype, x_max: float) -> list[tuple[float
     for key in keys:
         (r,) = cell.rows([key])
         norms[key] = (_norm(cell.bank_row("w_x", r)), _norm(cell.bank_row("w_h", r)),
-                      float(cell.bank_row("bias", r).abs().max()))
+                      float(cell.bank_row("bias", r).detach().abs().max()))
     hb = cb = 0.0
     out = []
     for _ in range(T):
