@@ -28,8 +28,8 @@ PPL_CAP = 5000.0
 DEFINING_KEYS: dict[str, tuple[str, ...]] = {
     "train": ("model.core", "cell", "model.hidden_size", "model.num_layers", "train.lr", "train.max_steps",
               "data.name", "seed"),
-    "search": ("search.strategy", "space.name", "space.num_nodes", "screen.name", "search.degenerate",
-               "model.hidden_size", "search.epochs", "seed"),
+    "search": ("search.strategy", "space.name", "space.num_nodes", "space.template", "screen.name",
+               "search.degenerate", "search.unbounded", "model.hidden_size", "search.epochs", "seed"),
 }
 
 

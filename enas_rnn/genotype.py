@@ -102,22 +102,39 @@ class CellAnalysis:
     ``depends_on_input``: h_t can depend on the input sequence. ``has_memory``: the cell state
     c_t can depend on the input and h_t reads it (None where the space has no cell state).
     ``output_reason`` / ``memory_reason`` say in words why a property fails ('' when it holds).
+
+    Boundedness, worst case over the weights, without the stability guard (``state_clip=None``):
+    ``growth`` is how fast the state can grow with t - ``bounded``, ``linear`` (by at most a bounded
+    amount per step, like nn.LSTM's c_t) or ``unbounded`` (geometrically or faster, or not proven
+    otherwise); ``growth_h`` / ``growth_c`` per state (``growth_c`` None without a cell state), and
+    ``growth_reason`` in words ('' when bounded). None where a space does not analyse it.
     """
 
     depends_on_input: bool
     has_memory: Optional[bool]
     output_reason: str = ""
     memory_reason: str = ""
+    growth: Optional[str] = None
+    growth_h: Optional[str] = None
+    growth_c: Optional[str] = None
+    growth_reason: str = ""
 
     def degenerate(self, require_memory: bool = True) -> bool:
         """True for a cell not worth evaluating: a dead output, or (``require_memory``) no working memory."""
         return not self.depends_on_input or (require_memory and self.has_memory is False)
 
-    def why(self, require_memory: bool = True) -> str:
-        """Why the cell is degenerate, as one sentence ('' when it is not)."""
+    def unbounded(self) -> bool:
+        """True when the state can explode (grow faster than linearly) for some weights, unguarded."""
+        return self.growth == "unbounded"
+
+    def why(self, require_memory: bool = True, require_bounded: bool = False) -> str:
+        """Why the cell is degenerate (or, with ``require_bounded``, unbounded), as one sentence ('' when it
+        is neither)."""
         parts = [] if self.depends_on_input else [self.output_reason]
         if require_memory and self.has_memory is False:
             parts.append(self.memory_reason)
+        if require_bounded and self.unbounded():
+            parts.append(self.growth_reason)
         return "; ".join(parts)
 
 
@@ -220,7 +237,7 @@ class Genotype:
         return self.kind.live_nodes(self)
 
     def analysis(self) -> CellAnalysis:
-        """Exact degeneracy analysis of the cell (see :class:`CellAnalysis`)."""
+        """Exact degeneracy analysis and the boundedness analysis of the cell (see :class:`CellAnalysis`)."""
         return self._analysis
 
     @functools.cached_property
@@ -238,6 +255,10 @@ class Genotype:
     def is_degenerate(self, require_memory: bool = True) -> bool:
         """A cell whose output ignores its input, or (``require_memory``) whose memory carries nothing."""
         return self.analysis().degenerate(require_memory)
+
+    def is_unbounded(self) -> bool:
+        """A cell whose state can explode for some weights without the guard (see :class:`CellAnalysis`)."""
+        return self.analysis().unbounded()
 
     def formula(self) -> list[str]:
         """The cell as readable equations, one per line."""

@@ -86,11 +86,13 @@ from enas_rnn.supernet import build_supernet, evaluate_cells
 from enas_rnn.train import LoopState, StepResult, perplexity, show_progress, train_steps
 from enas_rnn.viz import draw_genotype
 
-__all__ = ["SearchConfig", "SearchState", "SearchRun", "derive", "describe", "Hook", "DEGENERATE_MODES"]
+__all__ = ["SearchConfig", "SearchState", "SearchRun", "derive", "describe", "Hook", "DEGENERATE_MODES",
+           "UNBOUNDED_MODES"]
 
 Hook = Callable[[str, int], None]  # (event, counter): lets tests interrupt a run at a chosen point
 log = logging.getLogger(__name__)
 DEGENERATE_MODES: tuple[str, ...] = ("mask", "penalty", "resample", "off")
+UNBOUNDED_MODES: tuple[str, ...] = ("mask", "penalty", "off")
 
 
 class SearchDiverged(UserError):
@@ -124,6 +126,12 @@ class SearchConfig:
     degenerate: str = rule("mask", one_of(DEGENERATE_MODES))
     require_memory: bool = True  # lstm space: a cell whose memory never carries the input is degenerate
     degenerate_reward: float = rule(0.0, FINITE)  # as bad as a diverged child
+    # Unbounded cells (the state can explode for some weights without the guard: Genotype.analysis().growth,
+    # decided from the genotype like degeneracy): "mask" decodes only cells that are neither degenerate nor
+    # unbounded (the output decisions, as above), "penalty" gives them degenerate_reward without evaluation,
+    # "off" treats them like any cell. Unless "off", no unbounded cell is trained, evaluated or derived, and
+    # random search samples the bounded subset.
+    unbounded: str = rule("off", one_of(UNBOUNDED_MODES))
     derive_samples: int = rule(100, INT1)  # cells drawn at derive time (ENAS-pytorch derive_num_sample)
     derive_batches: int = rule(10, INT1)  # validation windows, the same for every derived cell
     # The best derive_rerank cells are evaluated again on derive_rerank_batches windows, enough to
@@ -155,9 +163,13 @@ class SearchState:
     records: list[dict[str, Any]] = field(default_factory=list)  # one per evaluated child
     proposals: int = 0  # cells drawn in controller steps (rejected redraws included)
     degenerate_proposals: int = 0  # of which degenerate (penalised, redrawn, or - handling off - evaluated)
+    unbounded_proposals: int = 0  # of which unbounded (the same three ways)
     shared_draws: int = 0  # children drawn for shared-phase windows (redraws included)
-    shared_rejected: int = 0  # of which degenerate and redrawn
-    epoch_proposals: list[list[int]] = field(default_factory=list)  # per epoch: [proposals, degenerate]
+    shared_rejected: int = 0  # of which redrawn (degenerate or unbounded)
+    shared_unbounded: int = 0  # of the redrawn ones, unbounded
+    shared_unbounded_only: int = 0  # of the redrawn ones, unbounded but not degenerate
+    # per epoch: [proposals, degenerate, unbounded] (runs from before the unbounded count: two entries)
+    epoch_proposals: list[list[int]] = field(default_factory=list)
     budget_used_s: float = 0.0  # seconds counted against search.time_budget_s (across resumes)
 
 
@@ -190,20 +202,31 @@ class SearchRun:
         self.gen = torch.Generator()
         self.gen.manual_seed(cfg.seed)
         s = cfg.search
-        # Constrained decoding (mode "mask"): the space says which output choices keep a cell valid.
-        constraint = functools.partial(self.space.allowed, require_memory=bool(s.require_memory)) \
-            if s.degenerate == "mask" else None
+        self.require_memory = bool(s.require_memory)
+        unbounded = str(s.get("unbounded", "off"))  # a run from before the key: off
+        self.unbounded_mode = unbounded
+        # Constrained decoding (mode "mask"): the space says which output choices keep a cell valid. Random
+        # search redraws every invalid cell unless handling is off; the space's node masks only save draws.
+        if s.strategy == "random":
+            deg, unb = s.degenerate != "off", unbounded != "off"
+        else:
+            deg, unb = s.degenerate == "mask", unbounded == "mask"
+        constraint = functools.partial(self.space.allowed, require_memory=self.require_memory, require_bounded=unb,
+                                       exclude_degenerate=deg) if deg or unb else None
         self.strategy: Strategy = make_strategy(s.strategy, self.space, cfg.controller, reinforce_config(cfg), self.gen,
                                                 constraint)
         self.strategy.to(self.device)
         self.screener = make_screener(cfg, vocab_size, self.splits.valid)
         s = cfg.search
-        handle = s.degenerate != "off"
-        # valid(g): a cell worth evaluating; proposals are restricted to valid cells when redrawing
-        # (resample mode, or random search, which has no policy to teach).
-        self.valid = (lambda g: not g.is_degenerate(bool(s.require_memory))) if handle else None
+        check_deg, check_unb = s.degenerate != "off", unbounded != "off"
+        # valid(g): a cell worth evaluating (neither degenerate nor - unless off - unbounded); proposals are
+        # restricted to valid cells when redrawing (mask and resample modes, or random search, which has no
+        # policy to teach); the rest of the invalid proposals are penalised (penalty mode).
+        self.valid = self._acceptor(check_deg, check_unb)
         # (mask mode redraws too: the ~4 % of node choices with no valid output pair, 8-node lstm space)
-        self.redraw = self.valid if handle and (s.degenerate != "penalty" or s.strategy == "random") else None
+        no_policy = s.strategy == "random"
+        self.redraw = self._acceptor(check_deg and (s.degenerate != "penalty" or no_policy),
+                                     check_unb and (unbounded != "penalty" or no_policy))
         self.loop = LoopState(lr=cfg.train.lr)
         self.loop.bptt_gen.manual_seed(cfg.seed)
         self.state = SearchState()
@@ -223,11 +246,37 @@ class SearchRun:
         self.best_ppl = min((r["ppl"] for r in self.state.records), default=math.inf)
         self.history_file: Any = None
         self._epoch_losses: list[float] = []  # shared-phase window losses of the current epoch (for the log)
-        log.info("enas-search in %s: %s search of the %s space (%d nodes), supernet %d units (%s parameters), "
-                 "%d epochs x (%s shared + %d controller steps), screen %s, degenerate cells: %s%s", self.run_dir,
-                 s.strategy, self.space.name, self.space.num_nodes, cfg.model.hidden_size,
+        template = "" if self.space.template == "none" else f", template {self.space.template}"
+        log.info("enas-search in %s: %s search of the %s space (%d nodes%s), supernet %d units (%s parameters), "
+                 "%d epochs x (%s shared + %d controller steps), screen %s, degenerate cells: %s, unbounded cells: %s%s",
+                 self.run_dir, s.strategy, self.space.name, self.space.num_nodes, template, cfg.model.hidden_size,
                  f"{sum(p.numel() for p in self.model.parameters()):,}", s.epochs, s.shared_steps, s.controller_steps,
-                 cfg.screen.name, s.degenerate, f"; resumed at epoch {self.state.epoch}" if payload is not None else "")
+                 cfg.screen.name, s.degenerate, unbounded, f"; resumed at epoch {self.state.epoch}" if payload is not None else "")
+
+    def _acceptor(self, degenerate: bool, unbounded: bool) -> Optional[Callable[[Genotype], bool]]:
+        """The cells to keep: not degenerate (when ``degenerate``) and not unbounded (when ``unbounded``)."""
+        if not (degenerate or unbounded):
+            return None
+        rm = self.require_memory
+        return lambda g: not ((degenerate and g.is_degenerate(rm)) or (unbounded and g.is_unbounded()))
+
+    def _counted(self, accept: Optional[Callable[[Genotype], bool]], tally: list[int]
+                 ) -> Optional[Callable[[Genotype], bool]]:
+        """``accept`` that also counts, in ``tally`` = [degenerate, unbounded, unbounded only], what it rejects."""
+        if accept is None:
+            return None
+        rm = self.require_memory
+
+        def counting(g: Genotype) -> bool:
+            ok = accept(g)
+            if not ok:
+                deg, unb = g.is_degenerate(rm), g.is_unbounded()
+                tally[0] += deg
+                tally[1] += unb
+                tally[2] += unb and not deg
+            return ok
+
+        return counting
 
     def _restore(self, payload: dict) -> None:
         try:
@@ -276,10 +325,13 @@ class SearchRun:
                 break
 
     def _training_child(self) -> dict[str, Any]:
-        """The child of one shared-phase window (never a degenerate one unless handling is off)."""
-        g, rejected = self.strategy.sample_for_training(self.valid)
+        """The child of one shared-phase window (never a degenerate or unbounded one unless handling is off)."""
+        tally = [0, 0, 0]
+        g, rejected = self.strategy.sample_for_training(self._counted(self.valid, tally))
         self.state.shared_draws += 1 + rejected
         self.state.shared_rejected += rejected
+        self.state.shared_unbounded += tally[1]
+        self.state.shared_unbounded_only += tally[2]
         return {"genotype": g}
 
     def _shared_step_hook(self, ls: LoopState, res: StepResult) -> None:
@@ -298,13 +350,14 @@ class SearchRun:
     def controller_step(self) -> None:
         """Proposes children, screens them, evaluates the kept ones on shared weights, updates the strategy.
 
-        Degenerate proposals (penalty mode) are never scored or evaluated: they enter the update with
-        ``search.degenerate_reward``.
+        Degenerate and unbounded proposals (penalty mode) are never scored or evaluated: they enter the
+        update with ``search.degenerate_reward``.
         """
         cfg, s, st = self.cfg, self.cfg.search, self.state
         self.bar.set_description(f"epoch {st.epoch} controller | best ppl {self.best_ppl:.1f}")
         n = cfg.screen.candidates if self.screener is not None else s.children_per_step
-        genotypes, handle, rejected = self.strategy.propose(n, self.redraw)
+        tally = [0, 0, 0]  # what the redraws rejected: degenerate, unbounded, unbounded only
+        genotypes, handle, rejected = self.strategy.propose(n, self._counted(self.redraw, tally))
         bad = [i for i, g in enumerate(genotypes) if self.valid is not None and not self.valid(g)]
         live = [i for i in range(len(genotypes)) if i not in set(bad)]
         scores: Optional[dict[int, float]] = None
@@ -325,8 +378,12 @@ class SearchRun:
         index += bad
         entry_rewards += [float(s.degenerate_reward)] * len(bad)
         stats = self.strategy.update(handle, index, entry_rewards)
+        # Every draw is counted by what it is (a redrawn one was rejected for being degenerate or unbounded).
+        n_deg = tally[0] + sum(g.is_degenerate(self.require_memory) for g in genotypes)
+        n_unb = tally[1] + sum(g.is_unbounded() for g in genotypes)
         st.proposals += len(genotypes) + rejected
-        st.degenerate_proposals += len(bad) + rejected
+        st.degenerate_proposals += n_deg
+        st.unbounded_proposals += n_unb
         st.valid_pos += s.reward_batches * cfg.data.bptt
         if st.valid_pos >= self.splits.valid.size(0) - 1:
             st.valid_pos = 0
@@ -339,25 +396,25 @@ class SearchRun:
                 "baseline": stats.baseline, "advantage": stats.advantages[j], "entropy": stats.entropies[j],
                 "diverged": not math.isfinite(ppls[j]),
             }
-            if self.valid is None:  # handling off: say which evaluated cells were degenerate
-                rec["degenerate"] = g.is_degenerate(bool(s.require_memory))
+            if s.degenerate == "off":  # handling off: say which evaluated cells were degenerate
+                rec["degenerate"] = g.is_degenerate(self.require_memory)
+            if self.unbounded_mode == "off":  # and which were unbounded
+                rec["unbounded"] = g.is_unbounded()
             if scores is not None:
                 rec["screen_score"] = scores[i]
                 rec["screen_rank"] = ranked.index(scores[i])
             st.records.append(rec)
             self.history_file.write(json.dumps(strict(rec)) + "\n")
             self.best_ppl = min(self.best_ppl, ppls[j])
-        if self.valid is None:
-            st.degenerate_proposals += sum(g.is_degenerate(bool(s.require_memory)) for g in genotypes)
-        share = (len(bad) + rejected) / (len(genotypes) + rejected)
-        self._log_controller(st.controller_step, ppls, stats, scores, keep, share)
+        draws = len(genotypes) + rejected
+        self._log_controller(st.controller_step, ppls, stats, scores, keep, n_deg / draws, n_unb / draws)
         st.controller_step += 1
         self.bar.update(1)
         if self.hook is not None:
             self.hook("controller_step", st.controller_step)
 
     def _log_controller(self, k: int, ppls: list[float], stats: Any, scores: Optional[dict[int, float]],
-                        keep: list[int], degenerate_share: float) -> None:
+                        keep: list[int], degenerate_share: float, unbounded_share: float) -> None:
         w = self.writer
         finite = [p for p in ppls if math.isfinite(p)]
         if finite:
@@ -373,6 +430,7 @@ class SearchRun:
         w.add_scalar("controller/baseline", stats.baseline, k)
         w.add_scalar("controller/loss", stats.loss, k)
         w.add_scalar("controller/degenerate_share", degenerate_share, k)
+        w.add_scalar("controller/unbounded_share", unbounded_share, k)
         if scores is not None and keep:
             w.add_scalar("screen/score_kept", sum(scores[i] for i in keep) / len(keep), k)
             w.add_scalar("screen/score_all", sum(scores.values()) / len(scores), k)
@@ -381,10 +439,12 @@ class SearchRun:
         """lr decay, the epoch's best cell to TensorBoard, and a checkpoint."""
         cfg, st, loop = self.cfg, self.state, self.loop
         st.epoch += 1
-        done = [sum(e[0] for e in st.epoch_proposals), sum(e[1] for e in st.epoch_proposals)]
-        st.epoch_proposals.append([st.proposals - done[0], st.degenerate_proposals - done[1]])
-        p, d = st.epoch_proposals[-1]
+        done = [sum(e[k] for e in st.epoch_proposals if len(e) > k) for k in range(3)]
+        st.epoch_proposals.append([st.proposals - done[0], st.degenerate_proposals - done[1],
+                                   st.unbounded_proposals - done[2]])
+        p, d, u = st.epoch_proposals[-1]
         self.writer.add_scalar("controller/degenerate_share_epoch", d / p if p else 0.0, st.epoch)
+        self.writer.add_scalar("controller/unbounded_share_epoch", u / p if p else 0.0, st.epoch)
         ppls = sorted(r["ppl"] for r in st.records if r["epoch"] == st.epoch - 1 and math.isfinite(r["ppl"]))
         # Median, not exp(mean loss): a few exploding children (loss far above a uniform guess, ln V) would
         # make the mean astronomically large and hide how the typical child trains; their count is logged.
@@ -394,11 +454,12 @@ class SearchRun:
         if losses:
             self.writer.add_scalar("shared/exploding_share_epoch", exploding / len(losses), st.epoch)
         log.info("epoch %d/%d: shared train ppl median %s, %d of %d windows worse than a uniform guess (%.0f tokens/s); "
-                 "children: %d evaluated, median ppl %s, best %s (so far %.1f); degenerate proposals %d/%d; %.0f s",
+                 "children: %d evaluated, median ppl %s, best %s (so far %.1f); degenerate proposals %d/%d, "
+                 "unbounded %d/%d; %.0f s",
                  st.epoch, cfg.search.epochs, f"{perplexity(losses[len(losses) // 2]):.4g}" if losses else "–",
                  exploding, len(losses), loop.tokens / max(loop.train_seconds, 1e-9), len(ppls),
                  f"{ppls[len(ppls) // 2]:.4g}" if ppls else "–", f"{ppls[0]:.1f}" if ppls else "–", self.best_ppl, d, p,
-                 time.perf_counter() - self.wall_t0)
+                 u, p, time.perf_counter() - self.wall_t0)
         self._epoch_losses = []
         if st.epoch >= cfg.train.decay_start:
             loop.lr *= cfg.train.lr_decay
@@ -429,11 +490,12 @@ class SearchRun:
         budget = self.cfg.search.time_budget_s
         return budget is not None and self.state.budget_used_s >= budget
 
-    def _last_epoch_share(self) -> Optional[float]:
-        if not self.state.epoch_proposals or not self.state.epoch_proposals[-1][0]:
+    def _last_epoch_share(self, k: int = 1) -> Optional[float]:
+        """Share of the last epoch's proposals that were degenerate (k = 1) or unbounded (k = 2)."""
+        last = self.state.epoch_proposals[-1] if self.state.epoch_proposals else []
+        if len(last) <= k or not last[0]:
             return None
-        p, d = self.state.epoch_proposals[-1]
-        return d / p
+        return last[k] / last[0]
 
     def write_outputs(self) -> dict[str, Any]:
         """Derive, then best_genotype.{json,png}, top_genotypes.json, metrics.json and TensorBoard's summary."""
@@ -476,7 +538,13 @@ class SearchRun:
             "degenerate_share": st.degenerate_proposals / st.proposals if st.proposals else 0.0,
             "degenerate_share_last_epoch": self._last_epoch_share(),
             "degenerate_evaluated": sum(bool(r.get("degenerate")) for r in st.records),
-            "shared_degenerate_redrawn": st.shared_rejected,
+            "shared_degenerate_redrawn": st.shared_rejected - st.shared_unbounded_only,
+            "unbounded_handling": self.unbounded_mode,
+            "unbounded_proposals": st.unbounded_proposals,
+            "unbounded_share": st.unbounded_proposals / st.proposals if st.proposals else 0.0,
+            "unbounded_share_last_epoch": self._last_epoch_share(2),
+            "unbounded_evaluated": sum(bool(r.get("unbounded")) for r in st.records),
+            "shared_unbounded_redrawn": st.shared_unbounded,
             "best_depends_on_input": top[0].get("depends_on_input"),
             "best_has_memory": top[0].get("has_memory"),
             "best_reference_distance": top[0].get("reference_distance"),
@@ -487,7 +555,8 @@ class SearchRun:
         }
         write_hparams(self.writer, hparams(cfg, "search", self.overrides),
                       {"hparam/best_shared_ppl": min(metrics["best_ppl"], PPL_CAP),
-                       "hparam/degenerate_share": metrics["degenerate_share"]}, st.controller_step)
+                       "hparam/degenerate_share": metrics["degenerate_share"],
+                       "hparam/unbounded_share": metrics["unbounded_share"]}, st.controller_step)
         self.writer.close()
         write_json(self.run_dir / "metrics.json", metrics)
         return metrics
@@ -532,11 +601,11 @@ def derive(model: RNNLM, strategy: Strategy, valid: torch.Tensor, cfg: Any, n: i
 
 
 def describe(g: Genotype, require_memory: bool = True) -> dict[str, Any]:
-    """What the shortlist and summaries say about a cell: degeneracy and distance to its space's reference."""
+    """What the shortlist and summaries say about a cell: degeneracy, growth and distance to its space's reference."""
     a = g.analysis()
     ref, d = distance_to_reference(g)
     return {"depends_on_input": a.depends_on_input, "has_memory": a.has_memory,
-            "degenerate": a.degenerate(require_memory), "why": a.why(require_memory),
+            "degenerate": a.degenerate(require_memory), "why": a.why(require_memory), "growth": a.growth,
             "reference": ref, "reference_distance": None if d is None else d.value,
             "distance_exact": None if d is None else d.exact}
 

@@ -75,21 +75,24 @@ class Strategy:
         pass
 
 
-#: Draws tried per wanted cell before giving up on finding an accepted one.
-MAX_DRAWS_PER_CELL = 1000
+#: Draws tried per wanted cell before giving up on finding an accepted one (an untrained controller in the
+#: 8-node enas space with search.unbounded=penalty finds a bounded cell in 1 of 256 draws).
+MAX_DRAWS_PER_CELL = 10_000
 
 
 class RandomStrategy(Strategy):
     """Uniform sampling with weight sharing (Li & Talwalkar 2019): the control experiment.
-    With ``accept``, uniform over the accepted subset."""
+    With ``accept``, uniform over the accepted subset; ``constraint`` (the space's ``allowed``) only
+    makes that cheaper where the space can mask node decisions exactly (see ``SearchSpace.sample``)."""
 
-    def __init__(self, space: Any, generator: torch.Generator) -> None:
+    def __init__(self, space: Any, generator: torch.Generator, constraint: Optional[Constraint] = None) -> None:
         self.space = space
         self.generator = generator
+        self.constraint = constraint
 
     def _draw(self, accept: Accept) -> tuple[Genotype, int]:
         for tries in range(MAX_DRAWS_PER_CELL):
-            g = self.space.sample(self.generator)
+            g = self.space.sample(self.generator, constraint=self.constraint)
             if accept is None or accept(g):
                 return g, tries
         raise SearchSpaceExhausted(self.space, MAX_DRAWS_PER_CELL)
@@ -111,8 +114,9 @@ class SearchSpaceExhausted(UserError):
 
     def __init__(self, space: Any, draws: int) -> None:
         super().__init__(
-            f"no acceptable cell in {draws} draws from {space!r}: every draw was degenerate. Use more nodes "
-            "(space.num_nodes), or search.require_memory=false to accept cells without a working memory")
+            f"no acceptable cell in {draws} draws from {space!r}: every draw was degenerate or (search.unbounded) "
+            "unbounded. Use more nodes (space.num_nodes), search.require_memory=false to accept cells without a "
+            "working memory, or search.unbounded=mask|off")
 
 
 class ENASStrategy(Strategy):
@@ -209,11 +213,12 @@ def make_strategy(
     name: str, space: Any, controller_cfg: ControllerConfig, cfg: ReinforceConfig, generator: torch.Generator,
     constraint: Optional[Constraint] = None,
 ) -> Strategy:
-    """Builds the named strategy; an unknown name lists the valid ones."""
+    """Builds the named strategy; an unknown name lists the valid ones. ``constraint``: the controller's
+    masked decoding (enas), or what random search may skip drawing (random: see RandomStrategy)."""
     if name == "enas":
         return ENASStrategy(Controller(space, controller_cfg), cfg, generator, constraint)
     if name == "random":
-        return RandomStrategy(space, generator)
+        return RandomStrategy(space, generator, constraint)
     raise ConfigError(f"invalid config value search.strategy={name!r}: valid values are {', '.join(STRATEGIES)}")
 
 

@@ -44,3 +44,17 @@ def test_bench_mrs_runs(tmp_path: Path) -> None:
     report = json.loads(res.stdout[res.stdout.index("{"):])
     assert set(report["seconds"]) == {"mrs_screen", "mrs_study", "hidden_cov", "shared_eval", "train"}
     assert all(math.isfinite(v) and v > 0 for v in report["seconds"].values())
+
+
+def test_growth_and_distance_scripts_run(tmp_path: Path) -> None:
+    res = _run(["scripts/distance_baseline.py", "--space", "lstm", "--nodes", "8", "--template", "memory",
+                "--cells", "20"], 300)
+    assert "% unbounded" in res.stdout and "distance to lstm" in res.stdout and "(20 of 20 exact)" in res.stdout
+    res = _run(["scripts/mask_redraws.py", "--draws", "20"], 300)
+    assert "degenerate and unbounded masked" in res.stdout
+    out, png = tmp_path / "oracle.json", tmp_path / "oracle.png"
+    res = _run(["scripts/oracle_search.py", "--steps", "4", "--seeds", "1", "--window", "2", "--out", str(out),
+                "--png", str(png)], 600)
+    doc = json.loads(out.read_text())
+    assert len(doc["results"]) == 8 and png.stat().st_size > 1000 and "| lstm 8 template=memory |" in res.stdout
+    assert all(len(r["runs"][0]["window_mean"]) == 2 for r in doc["results"])

@@ -133,3 +133,86 @@ def test_best_genotype_file_reproduces_its_derive_perplexity(tiny_corpus: Path, 
         ppl = perplexity(evaluate(model, splits.valid, cfg.data.bptt, entry["windows"], 0, genotype=g))
         assert ppl == pytest.approx(entry["ppl"], rel=1e-6)
     assert Genotype.from_json(out / "best_genotype.json") == Genotype.from_dict(top[0]["genotype"])
+
+
+# ---------------------------------------------------------------------------- search.unbounded
+def _watch(monkeypatch) -> tuple[list[Genotype], list[Genotype], list[tuple[list[Genotype], list[float]]]]:
+    """Records the children trained in the shared phase, those evaluated, and every strategy update
+    (the proposals it scored and their rewards)."""
+    import enas_rnn.search as search_mod
+    from enas_rnn.search import SearchRun
+    from enas_rnn.strategies import ENASStrategy
+
+    trained: list[Genotype] = []
+    evaluated: list[Genotype] = []
+    updates: list[tuple[list[Genotype], list[float]]] = []
+    real_child, real_eval, real_update = SearchRun._training_child, search_mod.evaluate_cells, ENASStrategy.update
+
+    def child(self):
+        d = real_child(self)
+        trained.append(d["genotype"])
+        return d
+
+    def evaluate(model, genotypes, *args, **kwargs):
+        evaluated.extend(genotypes)
+        return real_eval(model, genotypes, *args, **kwargs)
+
+    def update(self, handle, index, rewards):
+        updates.append(([handle.genotypes[i] for i in index], list(rewards)))
+        return real_update(self, handle, index, rewards)
+
+    monkeypatch.setattr(SearchRun, "_training_child", child)
+    monkeypatch.setattr(search_mod, "evaluate_cells", evaluate)
+    monkeypatch.setattr(ENASStrategy, "update", update)
+    return trained, evaluated, updates
+
+
+@pytest.mark.parametrize("space,strategy", [("lstm", "enas"), ("lstm", "random"), ("enas", "random"), ("enas", "enas")])
+def test_unbounded_mask_never_trains_evaluates_or_derives_an_unbounded_cell(
+        tiny_corpus: Path, tmp_path: Path, monkeypatch, space: str, strategy: str) -> None:
+    trained, evaluated, _ = _watch(monkeypatch)
+    out = tmp_path / "run"
+    metrics = run_search(search_cfg(tiny_corpus, f"space={space}", f"search={strategy}", "search.unbounded=mask"), out)
+    assert trained and evaluated
+    assert not any(g.is_unbounded() or g.is_degenerate() for g in trained + evaluated)
+    top = json.loads((out / "top_genotypes.json").read_text())
+    assert all(not Genotype.from_dict(t["genotype"]).is_unbounded() for t in top)
+    assert all(t["growth"] in ("bounded", "linear") for t in top if "growth" in t)
+    assert not Genotype.from_json(out / "best_genotype.json").is_unbounded()
+    assert metrics["unbounded_handling"] == "mask" and metrics["children_evaluated"] == 10
+    assert metrics["unbounded_evaluated"] == 0 and metrics["unbounded_proposals"] <= metrics["proposals"] - 10
+    assert 0 <= metrics["unbounded_share"] < 1 and metrics["unbounded_share_last_epoch"] is not None
+
+
+def test_unbounded_penalty_rewards_without_evaluating(tiny_corpus: Path, tmp_path: Path, monkeypatch) -> None:
+    trained, evaluated, updates = _watch(monkeypatch)
+    metrics = run_search(search_cfg(tiny_corpus, "search.unbounded=penalty", "search.degenerate_reward=-0.5"),
+                         tmp_path / "p")
+    penalised = [(g, r) for gs, rs in updates for g, r in zip(gs, rs) if g.is_unbounded()]
+    assert penalised and all(r == pytest.approx(-0.5, abs=1e-2) for _, r in penalised)  # (+ the entropy bonus)
+    assert not any(g.is_unbounded() for g in evaluated + trained)
+    assert metrics["proposals"] - metrics["degenerate_proposals"] >= metrics["children_evaluated"]
+    assert metrics["children_evaluated"] + len(penalised) == 10 and metrics["unbounded_proposals"] == len(penalised)
+
+
+def test_unbounded_off_is_todays_search(tiny_corpus: Path, tmp_path: Path) -> None:
+    default = run_search(search_cfg(tiny_corpus), tmp_path / "a")
+    off = run_search(search_cfg(tiny_corpus, "search.unbounded=off"), tmp_path / "b")
+    for key in ("best_ppl", "best_hash", "proposals", "degenerate_proposals", "children_evaluated"):
+        assert off[key] == default[key], key
+    assert (tmp_path / "a" / "search_history.jsonl").read_text() == (tmp_path / "b" / "search_history.jsonl").read_text()
+    lines = [json.loads(l) for l in (tmp_path / "b" / "search_history.jsonl").read_text().splitlines()]
+    # unbounded cells are evaluated, and counted
+    assert off["unbounded_handling"] == "off" and off["unbounded_evaluated"] == sum(l["unbounded"] for l in lines) > 0
+    assert off["unbounded_proposals"] >= off["unbounded_evaluated"]
+    with pytest.raises(ConfigError, match="search.unbounded='maybe': valid values are one of mask, penalty, off"):
+        run_search(search_cfg(tiny_corpus, "search.unbounded=maybe"), tmp_path / "c")
+    with pytest.raises(ConfigError, match="space.template='memory': valid values for the enas space are none"):
+        run_search(search_cfg(tiny_corpus, "space=enas", "space.template=memory"), tmp_path / "d")
+
+
+def test_search_in_the_memory_template(tiny_corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "t"
+    run_search(search_cfg(tiny_corpus, "space.template=memory", "search.unbounded=mask"), out)
+    best = Genotype.from_json(out / "best_genotype.json")
+    assert best.outputs["c"] == "n3" and best.nodes[2].to_dict()["op"] == "add" and not best.is_unbounded()

@@ -150,3 +150,97 @@ def test_space_config_is_a_structured_config():
     sp = space_from_config(cfg)
     assert isinstance(sp, ENASSpace) and sp.num_nodes == 12
     assert space_from_config(SpaceConfig()).num_nodes == 8
+
+
+# ---------------------------------------------------------------------------- space.template=memory
+def test_memory_template_decisions():
+    sp = make_space("lstm", 8, "memory")
+    ds = sp.decisions()
+    assert len(ds) == 33 and len(LSTMSpace(8).decisions()) == 42
+    names = [d.name for d in ds]
+    assert names[:7] == ["n1.src_a", "n1.act_a", "n1.src_b", "n1.act_b", "n1.op", "n2.src_g", "n2.act_g"]
+    assert names[7] == "n4.src_a" and names[-1] == "out.h" and "out.c" not in names
+    assert ds[0].options == ("xh", "c") and ds[5].options == ("xh", "c", "n1")
+    assert ds[7].options == ("xh", "c", "n1", "n2", "n3")  # later nodes may read c_t = n3
+    assert sp.size() == math.prod(d.num_choices for d in ds)
+
+
+def test_memory_template_cells_carry_c_through_an_identity_path():
+    sp = make_space("lstm", 8, "memory")
+    rng = random.Random(0)
+    for _ in range(200):
+        choices = [rng.randrange(d.num_choices) for d in sp.decisions()]
+        g = sp.decode(choices)
+        assert g.space == "lstm" and g.num_nodes == 8 and g.outputs["c"] == "n3"
+        assert g.nodes[1].op == "mul" and g.nodes[1].inputs[0] == ("c", "identity")
+        assert g.nodes[2].to_dict() == {"op": "add", "inputs": [["n1", "identity"], ["n2", "identity"]]}
+        assert sp.encode(g) == choices and sp.decode(sp.encode(g)) == g
+        assert LSTMSpace(8).decode(LSTMSpace(8).encode(g)) == g  # an ordinary lstm genotype
+
+
+def test_vanilla_lstm_is_a_point_of_the_memory_template():
+    for n in (4, 8):
+        sp = make_space("lstm", n, "memory")
+        g = get_named("lstm")
+        assert sp.decode(sp.encode(g)) == sp.pad(g)
+        assert sp.decode(sp.encode(g)).canonical() == g.canonical()
+
+
+def test_memory_template_encode_says_why_a_cell_does_not_fit():
+    sp = make_space("lstm", 8, "memory")
+    lstm = get_named("lstm").to_dict()
+    swapped = {**lstm, "nodes": [lstm["nodes"][0], {"op": "mul", "inputs": [["xh", "sigmoid"], ["c", "identity"]]},
+                                 *lstm["nodes"][2:]]}
+    with pytest.raises(GenotypeError, match=r"template=memory: node n2 must be identity\(c\) \* G"):
+        sp.encode(Genotype.from_dict(swapped))
+    other_c = {**lstm, "outputs": {"h": "n4", "c": "n4"}}
+    with pytest.raises(GenotypeError, match="c_t must be n3"):
+        sp.encode(Genotype.from_dict(other_c))
+    no_sum = {**lstm, "nodes": [*lstm["nodes"][:2], {"op": "mul", "inputs": [["n1", "identity"], ["n2", "identity"]]},
+                                lstm["nodes"][3]]}
+    with pytest.raises(GenotypeError, match=r"node n3 must be identity\(n1\) \+ identity\(n2\)"):
+        sp.encode(Genotype.from_dict(no_sum))
+
+
+def test_memory_template_constrained_decoding_and_analyses():
+    sp = make_space("lstm", 8, "memory")
+    rng = random.Random(3)
+    for _ in range(100):
+        choices = [rng.randrange(d.num_choices) for d in sp.decisions()]
+        assert all(sp.allowed(choices[:k]) is None for k in range(len(choices) - 1))  # only out.h is free
+        mask = sp.allowed(choices[:-1], require_bounded=True)
+        outcomes = [not (g.is_degenerate() or g.is_unbounded())
+                    for g in (sp.decode(choices[:-1] + [h]) for h in range(8))]
+        assert mask == (None if all(outcomes) or not any(outcomes) else outcomes)
+    # the controller is generic over decisions
+    from enas_rnn.controller import Controller
+
+    ctl = Controller(sp)
+    cells = ctl.sample(100, torch.Generator().manual_seed(0), lambda p: sp.allowed(p, require_bounded=True)).genotypes
+    assert all(g.outputs["c"] == "n3" for g in cells)
+    valid = [not (g.is_degenerate() or g.is_unbounded()) for g in cells]
+    assert 5 < sum(valid) < 100  # a cell comes out invalid only when no h_t makes its nodes valid (then redrawn)
+    for g, ok in zip(cells, valid):
+        choices = sp.encode(g)
+        assert ok or not any(not (c.is_degenerate() or c.is_unbounded())
+                             for c in (sp.decode(choices[:-1] + [h]) for h in range(8)))
+
+
+def test_template_in_config_identity_and_errors():
+    from omegaconf import OmegaConf
+
+    from enas_rnn.errors import ConfigError
+
+    a, b = make_space("lstm", 8, "memory"), make_space("lstm", 8)
+    assert a != b and hash(a) != hash(b) and a == LSTMSpace(8, "memory") and "memory" in repr(a)
+    assert make_space("lstm", 8) == make_space("lstm") and b.template == "none"
+    cfg = OmegaConf.structured(SpaceConfig)
+    assert cfg.template == "none"
+    cfg.template = "memory"
+    assert space_from_config(cfg) == a
+    with pytest.raises(ConfigError, match=r"space.template='memory': valid values for the enas space are none"):
+        make_space("enas", 8, "memory")
+    with pytest.raises(ConfigError, match="space.template='carry'.*none, memory"):
+        make_space("lstm", 8, "carry")
+    with pytest.raises(ConfigError, match="num_nodes >= 3"):
+        make_space("lstm", 2, "memory")

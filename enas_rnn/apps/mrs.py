@@ -107,10 +107,10 @@ def validate_study(cfg: Any) -> None:
 
 
 def sample_cells(space_name: str, num_nodes: int, n: int, seed: int, include_named: bool,
-                 require_memory: bool = True) -> tuple[list[Genotype], list[Genotype]]:
+                 require_memory: bool = True, template: str = "none") -> tuple[list[Genotype], list[Genotype]]:
     """(cells to train, degenerate cells): the space's published cell(s) (optional), then distinct cells drawn
     uniformly until ``n`` are not degenerate; the degenerate ones drawn on the way are kept apart."""
-    space = make_space(space_name, num_nodes)
+    space = make_space(space_name, num_nodes, template)
     gen = torch.Generator().manual_seed(int(seed))
     live: list[Genotype] = []
     dead: list[Genotype] = []
@@ -439,7 +439,7 @@ def _run_study(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     vocab_size = len(splits.corpus.vocab)
     data = scoring_slice(splits.valid, cfg.score_bptt or cfg.data.bptt, cfg.score_batch)
     live, dead = sample_cells(cfg.space.name, cfg.space.num_nodes, cfg.cells, cfg.seed, cfg.include_named,
-                              bool(cfg.require_memory))
+                              bool(cfg.require_memory), str(cfg.space.get("template", "none")))
     cells = [(g, False) for g in live] + [(g, True) for g in (dead if cfg.degenerate_scored else [])]
     variants = list(cfg.variants)
     csv_path = run_dir / CSV_NAME

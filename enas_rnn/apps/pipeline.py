@@ -114,7 +114,7 @@ def _accept(cfg: DictConfig) -> Any:
     if s.degenerate != "off":
         checks.append(lambda g: not g.is_degenerate(bool(s.require_memory)))
     if str(s.get("unbounded", "off")) != "off":
-        checks.append(lambda g: not g.analysis().explosive())
+        checks.append(lambda g: not g.is_unbounded())
     return lambda g: all(c(g) for c in checks)
 
 

@@ -122,6 +122,9 @@ class SearchSpace:
     picture_note: ClassVar[str] = ""
     #: The named cell distances are measured to (``enas_rnn.distance``), if any.
     reference: ClassVar[Optional[str]] = None
+    #: Decision templates the space offers (``space.template``): "none" is the free space; a template
+    #: fixes part of every cell and so changes the decisions, never the genotype format.
+    templates: ClassVar[tuple[str, ...]] = ("none",)
 
     # ------------------------------------------------------------------ genotype semantics
     @classmethod
@@ -146,7 +149,8 @@ class SearchSpace:
 
     @classmethod
     def analyse(cls, g: Genotype) -> CellAnalysis:
-        """Whether h_t can depend on the input and whether the cell has a working memory, with reasons."""
+        """Whether h_t can depend on the input and whether the cell has a working memory, with reasons;
+        and how fast its state can grow without the guard (bounded, linear, unbounded)."""
         raise NotImplementedError
 
     @classmethod
@@ -203,10 +207,14 @@ class SearchSpace:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ decisions
-    def __init__(self, num_nodes: int = 8) -> None:
+    def __init__(self, num_nodes: int = 8, template: str = "none") -> None:
         if int(num_nodes) < 1:
             raise ValueError(f"{self.name} space: num_nodes must be >= 1, got {num_nodes}")
+        if template not in self.templates:
+            raise ValueError(f"{self.name} space: template {template!r} is unknown; valid templates: "
+                             f"{options(self.templates)}")
         self.num_nodes = int(num_nodes)
+        self.template = str(template)
         self._decisions = tuple(self._build_decisions())
 
     def _build_decisions(self) -> list[Decision]:
@@ -236,21 +244,40 @@ class SearchSpace:
         """Inverse of ``decode``: ``decode(encode(g)) == g`` (see subclasses for padding)."""
         raise NotImplementedError
 
-    def allowed(self, prefix: Sequence[int], require_memory: bool = True) -> Optional[list[bool]]:
+    def allowed(self, prefix: Sequence[int], require_memory: bool = True, require_bounded: bool = False,
+                exclude_degenerate: bool = True) -> Optional[list[bool]]:
         """Constrained decoding: which choices of decision ``len(prefix)`` can still complete a cell that is
-        not degenerate; None when all can (the default: a space whose cells are never degenerate)."""
+        not degenerate (``exclude_degenerate``) and, with ``require_bounded``, not unbounded; None when all
+        can (the default: a space whose cells are never degenerate and never analysed for growth).
+
+        A mask of a decision that is not an output must be exact and the same whatever came before
+        (``sample`` relies on it to stay uniform over the valid cells)."""
         return None
 
     def sample(self, rng: Rng = None, accept: Optional[Callable[[Genotype], bool]] = None,
-               max_tries: int = 10_000) -> Genotype:
+               max_tries: int = 10_000, constraint: Optional[Callable[[list[int]], Optional[list[bool]]]] = None
+               ) -> Genotype:
         """A genotype drawn uniformly over each decision (``random.Random``, ``torch.Generator`` or seed).
 
         With ``accept``, draws are repeated until one is accepted: a uniform draw from the accepted
-        subset (e.g. the cells that are not degenerate).
+        subset (e.g. the cells that are not degenerate). ``constraint`` (a space's ``allowed`` with its
+        settings) makes the search cheaper where acceptable cells are rare: each decision that is not an
+        output is drawn uniformly among the choices it allows. Spaces restrict such decisions only by
+        exact rules that never depend on earlier choices (enas: a bounded cell uses tanh or sigmoid
+        everywhere), so with ``accept`` the draw is still uniform over the accepted subset; the output
+        decisions (whose masks depend on the nodes) are left to ``accept``.
         """
         gen = as_rng(rng)
         for _ in range(max_tries):
-            g = self.decode([_randbelow(gen, d.num_choices) for d in self._decisions])
+            choices: list[int] = []
+            for d in self._decisions:
+                mask = constraint(choices) if constraint is not None and d.kind != "output" else None
+                if mask is None:
+                    choices.append(_randbelow(gen, d.num_choices))
+                else:
+                    ok = [k for k, m in enumerate(mask) if m]
+                    choices.append(ok[_randbelow(gen, len(ok))])
+            g = self.decode(choices)
             if accept is None or accept(g):
                 return g
         raise GenotypeError(f"no acceptable {self.name} cell in {max_tries} draws of {self!r}")
@@ -272,10 +299,11 @@ class SearchSpace:
             raise GenotypeError(f"cannot encode a {genotype.space!r} genotype in the {self.name!r} space")
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(num_nodes={self.num_nodes})"
+        return f"{type(self).__name__}(num_nodes={self.num_nodes}, template={self.template!r})"
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.num_nodes == self.num_nodes  # type: ignore[attr-defined]
+        return (type(other) is type(self) and other.num_nodes == self.num_nodes  # type: ignore[attr-defined]
+                and other.template == self.template)  # type: ignore[attr-defined]
 
     def __hash__(self) -> int:
-        return hash((self.name, self.num_nodes))
+        return hash((self.name, self.num_nodes, self.template))

@@ -45,7 +45,7 @@ from enas_rnn.genotype import (
     parse_node_ref,
     register_space,
 )
-from enas_rnn.kernels import ACTIVATIONS, GROUP_ORDER, POOL, Op, act_op, take
+from enas_rnn.kernels import ACTIVATIONS, BOUNDED, GROUP_ORDER, POOL, Op, act_op, take
 from enas_rnn.spaces.base import (
     Decision,
     ExportParts,
@@ -605,8 +605,26 @@ class ENASSpace(SearchSpace):
     def analyse(cls, g: Genotype) -> CellAnalysis:
         """Every enas cell reads the input: n1 mixes f(W[x_t; h_{t-1}]) into h_{t-1} with a gate in
         (0, 1), and each later node mixes its parent the same way, so no value is identically zero
-        and h_t (a mean of nodes) depends on x. The space has no cell state (``has_memory`` None)."""
-        return CellAnalysis(True, None)
+        and h_t (a mean of nodes) depends on x. The space has no cell state (``has_memory`` None).
+
+        Boundedness (worst case over the weights, guard off, any starting state): a node update is a
+        convex combination, s_l = (1 - g) s_j + g f(h~) with g in (0, 1), so |s_l| <= max(|s_j|, |f(h~)|),
+        and the mean of the loose ends is at most their largest. Every value is bounded by
+        max(k, b*H), H = |h_(t-1)|: h_(t-1) itself is (0, 1); a tanh/sigmoid candidate is (1, 0); an
+        identity/relu candidate is W s_j (n1: W[x_t; h_(t-1)]), which the weights scale by any factor:
+        (inf*k_j, inf*b_j) (n1: (inf, inf)); a lerp takes the larger k and the larger b. Since n1 mixes
+        in h_(t-1), every node has b >= 1, so h_t <= max(k, b*H) is bounded (by max(k, |h_0|)) when every
+        node's activation is tanh or sigmoid (b = 1), and unbounded (b = inf: the weights can scale
+        h_t by any factor per step) as soon as one node uses identity or relu. There is no linear class.
+        """
+        offender = next((i for i, node in enumerate(g.nodes, 1) if node.act not in BOUNDED), None)
+        if offender is None:
+            return CellAnalysis(True, None, growth="bounded", growth_h="bounded")
+        src = "[x_t; h_(t-1)]" if offender == 1 else g.nodes[offender - 1].input
+        why = (f"{node_ref(offender)} = highway({g.nodes[offender - 1].act}) from {src}: an identity/relu "
+               f"candidate is W·{'xh' if offender == 1 else src}, which the weights scale by any factor, and it "
+               "feeds h_t back into the next step")
+        return CellAnalysis(True, None, growth="unbounded", growth_h="unbounded", growth_reason=why)
 
     @classmethod
     def formula(cls, g: Genotype) -> list[str]:
@@ -746,6 +764,15 @@ class ENASSpace(SearchSpace):
             out.append(Decision(f"n{i}.src", len(prev), "source", prev))
             out.append(Decision(f"n{i}.act", len(ACTIVATIONS), "act", ACTIVATIONS))
         return out
+
+    def allowed(self, prefix: Sequence[int], require_memory: bool = True, require_bounded: bool = False,
+                exclude_degenerate: bool = True) -> Optional[list[bool]]:
+        """Constrained decoding: no enas cell is degenerate, and (``require_bounded``) a cell is bounded
+        exactly when every node's activation is tanh or sigmoid (see ``analyse``), so each activation
+        decision is masked to those two - exact, never a redraw."""
+        if require_bounded and self._decisions[len(prefix)].kind == "act":
+            return [a in BOUNDED for a in ACTIVATIONS]
+        return None
 
     def decode(self, choices: Sequence[int]) -> Genotype:
         values = self._check_choices(choices)

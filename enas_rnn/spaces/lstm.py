@@ -47,6 +47,7 @@ from enas_rnn.genotype import (
 )
 from enas_rnn.kernels import (
     ACTIVATIONS,
+    BOUNDED,
     GROUP_ORDER,
     POOL,
     ZERO_PRESERVING,
@@ -67,6 +68,7 @@ from enas_rnn.spaces.base import (
     SearchSpace,
     options,
 )
+from enas_rnn.spaces.growth import Poly, classify, padd, pconst, pmul, pvar, worst
 
 __all__ = ["Operand", "LSTMNode", "LSTMPlan", "LSTMSpace", "copy_from_nn_lstm", "OPS"]
 
@@ -385,6 +387,8 @@ class LSTMSpace(SearchSpace):
     output_names: ClassVar[tuple[str, ...]] = OUTPUT_NAMES
     picture_note: ClassVar[str] = "edge label: activation; (W·) = own affine map of [x_t, h_{t-1}]"
     reference: ClassVar[Optional[str]] = "lstm"
+    #: ``memory``: c_t = n1 + c_(t-1) * G is fixed (an additive memory, as the LSTM's constant error carousel).
+    templates: ClassVar[tuple[str, ...]] = ("none", "memory")
     named: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         # Vanilla LSTM (Hochreiter & Schmidhuber 1997; gate layout of torch.nn.LSTM):
         #   n1 = i * g, n2 = c_{t-1} * f, c_t = n3 = n1 + n2, h_t = n4 = tanh(c_t) * o.
@@ -504,6 +508,25 @@ class LSTMSpace(SearchSpace):
         depends on an xh map. Weights are generic (no exact cancellation: the space has no
         negation, and sums of independent maps do not cancel), so the flags are exact; a test checks
         them against numeric probes on thousands of random cells.
+
+        Boundedness (worst case over the weights, guard off, any starting state; ``enas_rnn.spaces.growth``):
+        every value is bounded by a polynomial in C = |c_(t-1)| and H = |h_(t-1)| (sup norms) whose
+        coefficients may be ``inf`` (a number the weights can make arbitrarily large):
+
+        * an xh operand's pre-activation W[x_t; h_(t-1)] + b: inf + inf*H (weights, bias and the
+          bounded input are arbitrary);
+        * tanh and sigmoid: the constant 1, whatever they read (sigmoid of an exact 0 is 1/2, tanh of
+          it 0); identity and relu keep the bound (|relu(v)| <= |v|);
+        * add sums the bounds, mul multiplies them (|a*b| <= |a| |b|, elementwise);
+        * c_(t-1): C, or exactly 0 where the degeneracy analysis proves c always zero (from the zero start).
+
+        The h and c nodes' bounds are the recurrence H' <= P_h(C, H), C' <= P_c(C, H), which
+        ``growth.classify`` sorts into bounded / linear / unbounded. nn.LSTM: C' <= 1 + C (f*c: 1*C,
+        i*g: 1*1) is linear, H' <= 1 (o*tanh(c_t)) bounded; the cell is "linear", never
+        "unbounded". c_t = c + c (C' <= 2C) or h_t = relu(W·xh) (H' <= inf*H) are unbounded. The
+        rules only give upper bounds, so a cell called bounded or linear is one (sound); a cell called
+        unbounded explodes for some weights unless the bound is loose (a test drives the classes
+        numerically with large weights and long sequences).
         """
         h_ref, c_ref = g.outputs["h"], g.outputs["c"]
         zero_c, live_c = _flags(g.nodes, True), _flags(g.nodes, False)
@@ -527,7 +550,9 @@ class LSTMSpace(SearchSpace):
                 mem_reason = f"c_t = {c_ref} never depends on the input (a function of its own past only)"
             else:
                 mem_reason = f"h_t = {h_ref} never reads c_(t-1): the memory is computed but never used"
-        return CellAnalysis(depends, has_memory, out_reason, mem_reason)
+        growth_h, growth_c, why = _growth(_bounds(g.nodes, c_zero), h_ref, c_ref)
+        return CellAnalysis(depends, has_memory, out_reason, mem_reason, worst((growth_h, growth_c)), growth_h,
+                            growth_c, why)
 
     @classmethod
     def formula(cls, g: Genotype) -> list[str]:
@@ -640,55 +665,91 @@ class LSTMSpace(SearchSpace):
                            step, layout)
 
     # ------------------------------------------------------------------ decisions
+    def __init__(self, num_nodes: int = 8, template: str = "none") -> None:
+        if template == "memory" and int(num_nodes) < 3:
+            raise ValueError(f"lstm space: template 'memory' fixes n1..n3 (i*g, c*f, c_t) and needs num_nodes >= 3, "
+                             f"got {num_nodes}")
+        super().__init__(num_nodes, template)
+
     def _sources(self, i: int) -> tuple[str, ...]:
         return INPUTS + tuple(node_ref(j) for j in range(1, i))
 
+    def _kinds(self) -> list[str]:
+        """What each node's decisions are: ``free`` (two operands and an op), ``gate`` (template n2 =
+        identity(c) * G: G's source and activation) or ``fixed`` (template n3 = n1 + n2, no decision)."""
+        if self.template == "memory":
+            return ["free", "gate", "fixed"] + ["free"] * (self.num_nodes - 3)
+        return ["free"] * self.num_nodes
+
     def _build_decisions(self) -> list[Decision]:
         out: list[Decision] = []
-        for i in range(1, self.num_nodes + 1):
+        for i, kind in enumerate(self._kinds(), 1):
             srcs = self._sources(i)
-            for slot in ("a", "b"):
-                out.append(Decision(f"n{i}.src_{slot}", len(srcs), "source", srcs))
-                out.append(Decision(f"n{i}.act_{slot}", len(ACTIVATIONS), "act", ACTIVATIONS))
-            out.append(Decision(f"n{i}.op", len(OPS), "op", OPS))
+            if kind == "free":
+                for slot in ("a", "b"):
+                    out.append(Decision(f"n{i}.src_{slot}", len(srcs), "source", srcs))
+                    out.append(Decision(f"n{i}.act_{slot}", len(ACTIVATIONS), "act", ACTIVATIONS))
+                out.append(Decision(f"n{i}.op", len(OPS), "op", OPS))
+            elif kind == "gate":
+                out.append(Decision(f"n{i}.src_g", len(srcs), "source", srcs))
+                out.append(Decision(f"n{i}.act_g", len(ACTIVATIONS), "act", ACTIVATIONS))
         nodes = tuple(node_ref(j) for j in range(1, self.num_nodes + 1))
         out.append(Decision("out.h", self.num_nodes, "output", nodes))
-        out.append(Decision("out.c", self.num_nodes, "output", nodes))
+        if self.template == "none":
+            out.append(Decision("out.c", self.num_nodes, "output", nodes))
         return out
 
-    def decode(self, choices: Sequence[int]) -> Genotype:
-        it = iter(self._check_choices(choices))
+    @property
+    def _num_outputs(self) -> int:
+        return 2 if self.template == "none" else 1
+
+    def _decode_nodes(self, values: Sequence[int]) -> tuple[LSTMNode, ...]:
+        """The nodes from the node decisions (every decision before the outputs)."""
+        it = iter(values)
         nodes = []
-        for i in range(1, self.num_nodes + 1):
+        for i, kind in enumerate(self._kinds(), 1):
             srcs = self._sources(i)
-            operands = []
-            for _ in range(2):
-                src = srcs[next(it)]
-                operands.append(Operand(src, ACTIVATIONS[next(it)]))
-            nodes.append(LSTMNode(OPS[next(it)], (operands[0], operands[1])))
-        h, c = node_ref(next(it) + 1), node_ref(next(it) + 1)
-        return Genotype("lstm", tuple(nodes), {"h": h, "c": c})
+            if kind == "free":
+                operands = []
+                for _ in range(2):
+                    src = srcs[next(it)]
+                    operands.append(Operand(src, ACTIVATIONS[next(it)]))
+                nodes.append(LSTMNode(OPS[next(it)], (operands[0], operands[1])))
+            elif kind == "gate":  # the forget gate's product: c_{t-1} * G
+                gate = Operand(srcs[next(it)], ACTIVATIONS[next(it)])
+                nodes.append(LSTMNode("mul", (Operand("c", "identity"), gate)))
+            else:  # c_t = n1 + n2: the identity path that carries c_{t-1} (the constant error carousel)
+                nodes.append(LSTMNode("add", (Operand("n1", "identity"), Operand("n2", "identity"))))
+        return tuple(nodes)
 
-    def allowed(self, prefix: Sequence[int], require_memory: bool = True) -> Optional[list[bool]]:
+    def decode(self, choices: Sequence[int]) -> Genotype:
+        values = self._check_choices(choices)
+        k = len(values) - self._num_outputs
+        nodes = self._decode_nodes(values[:k])
+        h = node_ref(values[k] + 1)
+        c = node_ref(values[k + 1] + 1) if self.template == "none" else "n3"
+        return Genotype("lstm", nodes, {"h": h, "c": c})
+
+    def allowed(self, prefix: Sequence[int], require_memory: bool = True, require_bounded: bool = False,
+                exclude_degenerate: bool = True) -> Optional[list[bool]]:
         """Constrained decoding: the choices of decision ``len(prefix)`` that can still give a cell that is
-        not degenerate (only the two output decisions are restricted; the nodes are decided by then).
-        None when every choice is allowed, or when no choice is (the caller then redraws the cell)."""
-        D = len(self._decisions)
-        if len(prefix) < D - 2:
+        not degenerate (``exclude_degenerate``) and, with ``require_bounded``, not unbounded. Only the
+        output decisions are restricted (the nodes are decided by then; with ``template=memory`` only
+        out.h, c_t being n3). None when every choice is allowed, or when no choice is (the caller then
+        redraws the cell)."""
+        D, n_out = len(self._decisions), self._num_outputs
+        if len(prefix) < D - n_out or not (exclude_degenerate or require_bounded):
             return None
-        nodes = self.decode(list(prefix[: D - 2]) + [0, 0]).nodes
-        zero_c, live_c = _flags(nodes, True), _flags(nodes, False)
-        refs = [node_ref(j) for j in range(1, self.num_nodes + 1)]
-
-        def ok(h: str, c: str) -> bool:
-            _, depends, memory = _verdict(zero_c, live_c, h, c)
-            return depends and (memory or not require_memory)
-
+        nodes = self._decode_nodes(prefix[: D - n_out])
+        flags = (bool(require_memory) and exclude_degenerate, bool(require_bounded), bool(exclude_degenerate))
+        if self.template != "none":  # c_t is n3
+            mask = [row[0] for row in _pair_table(nodes, *flags, columns=(2,))]
+            return mask if any(mask) and not all(mask) else None
+        table = _pair_table(nodes, *flags)
         if len(prefix) == D - 2:
-            mask = [any(ok(h, c) for c in refs) for h in refs]
+            mask = [any(row) for row in table]
         else:
-            h = refs[prefix[D - 2]]
-            mask = [ok(h, c) for c in refs]
+            mask = list(table[prefix[D - 2]])
         return mask if any(mask) and not all(mask) else None
 
     def pad(self, genotype: Genotype) -> Genotype:
@@ -703,16 +764,39 @@ class LSTMSpace(SearchSpace):
 
     def encode(self, genotype: Genotype) -> list[int]:
         """Choices for ``genotype``; fewer nodes than the space are padded with dead nodes,
-        so then ``decode(encode(g)) == self.pad(g)`` (same canonical cell)."""
+        so then ``decode(encode(g)) == self.pad(g)`` (same canonical cell). With ``template=memory`` the
+        genotype must be spelled as the template (n2 = identity(c) * G, n3 = identity(n1) + identity(n2),
+        c_t = n3): ``GenotypeError`` says where it differs."""
         g = self.pad(genotype)
+        fixed = self._decode_nodes([0] * (len(self._decisions) - self._num_outputs))
         out: list[int] = []
-        for i, node in enumerate(g.nodes, start=1):
+        for i, (node, kind) in enumerate(zip(g.nodes, self._kinds()), start=1):
             srcs = self._sources(i)
-            for operand in node.inputs:
-                out += [srcs.index(operand.source), ACTIVATIONS.index(operand.act)]
-            out.append(OPS.index(node.op))
-        out += [int(g.outputs["h"][1:]) - 1, int(g.outputs["c"][1:]) - 1]
+            if kind == "free":
+                for operand in node.inputs:
+                    out += [srcs.index(operand.source), ACTIVATIONS.index(operand.act)]
+                out.append(OPS.index(node.op))
+                continue
+            if kind == "gate" and (node.op != "mul" or node.inputs[0] != Operand("c", "identity")):
+                raise self._misfit(f"node n{i} must be identity(c) * G (the forget gate's product, c_(t-1) first), "
+                                   f"got {_node_text(node)}")
+            if kind == "gate":
+                out += [srcs.index(node.inputs[1].source), ACTIVATIONS.index(node.inputs[1].act)]
+            elif node != fixed[i - 1]:
+                raise self._misfit(f"node n{i} must be identity(n1) + identity(n2) (c_t), got {_node_text(node)}")
+        out.append(int(g.outputs["h"][1:]) - 1)
+        if self.template == "none":
+            out.append(int(g.outputs["c"][1:]) - 1)
+        elif g.outputs["c"] != "n3":
+            raise self._misfit(f"c_t must be n3 (= n1 + n2), got c_t = {g.outputs['c']}")
         return out
+
+    def _misfit(self, why: str) -> GenotypeError:
+        return GenotypeError(f"the genotype does not fit space.template={self.template}: {why}")
+
+
+def _node_text(node: LSTMNode) -> str:
+    return (" + " if node.op == "add" else " * ").join(_operand_text(o) for o in node.inputs)
 
 
 Flags = dict[str, tuple[bool, bool, bool]]
@@ -749,6 +833,75 @@ def _verdict(zero_c: Flags, live_c: Flags, h: str, c: str) -> tuple[bool, bool, 
     memory_input = val[c][1]
     _, x_h, c_h = val[h]
     return c_zero, x_h or (c_h and memory_input), memory_input and c_h
+
+
+@functools.lru_cache(maxsize=4096)
+def _pair_table(nodes: tuple[LSTMNode, ...], require_memory: bool, require_bounded: bool, exclude_degenerate: bool,
+                columns: Optional[tuple[int, ...]] = None) -> tuple[tuple[bool, ...], ...]:
+    """ok[h][c]: whether outputs h_t = n(h+1), c_t = n(c+1) (``columns``: only those c) give a cell that is
+    not degenerate (``exclude_degenerate``) and, with ``require_bounded``, not unbounded. Cached: a
+    controller draw asks for its two output decisions with the same nodes."""
+    zero_c, live_c = _flags(nodes, True), _flags(nodes, False)
+    bounds: dict[bool, dict[str, Poly]] = {}
+    refs = [node_ref(j) for j in range(1, len(nodes) + 1)]
+    cols = [refs[k] for k in columns] if columns is not None else refs
+    rows = []
+    for h in refs:
+        row = []
+        for c in cols:
+            c_zero, depends, memory = _verdict(zero_c, live_c, h, c)
+            ok = not exclude_degenerate or (depends and (memory or not require_memory))
+            if ok and require_bounded:
+                if c_zero not in bounds:
+                    bounds[c_zero] = _bounds(nodes, c_zero)
+                ok = worst(_growth(bounds[c_zero], h, c)[:2]) != "unbounded"
+            row.append(ok)
+        rows.append(tuple(row))
+    return tuple(rows)
+
+
+# Variables of the boundedness analysis: exponent 0 is |c_(t-1)|, exponent 1 is |h_(t-1)|.
+_C, _H = 0, 1
+_XH: Poly = padd(pconst(math.inf, 2), pvar(_H, math.inf, 2))  # |W[x_t; h_(t-1)] + b| <= inf + inf*H
+_ONE: Poly = pconst(1.0, 2)
+
+
+def _act_bound(act: str, p: Poly) -> Poly:
+    """Bound of act(v) from the bound of v (see LSTMSpace.analyse)."""
+    if act in BOUNDED:
+        if not p:  # v is exactly 0: tanh(0) = 0, sigmoid(0) = 1/2
+            return pconst(0.5, 2) if act == "sigmoid" else {}
+        return _ONE
+    return p  # identity, relu: |relu(v)| <= |v|
+
+
+def _bounds(nodes: Sequence[LSTMNode], c_zero: bool) -> dict[str, Poly]:
+    """|value| <= P(|c_(t-1)|, |h_(t-1)|) for every node; c_(t-1) is exactly 0 when ``c_zero``."""
+    val: dict[str, Poly] = {"c": {} if c_zero else pvar(_C, 1.0, 2)}
+    for i, node in enumerate(nodes, 1):
+        a, b = (_act_bound(o.act, _XH if o.source == "xh" else val[o.source]) for o in node.inputs)
+        val[node_ref(i)] = padd(a, b) if node.op == "add" else pmul(a, b)
+    return val
+
+
+def _freeze(p: Poly) -> tuple[tuple[tuple[int, ...], float], ...]:
+    return tuple(sorted(p.items()))
+
+
+@functools.lru_cache(maxsize=65536)
+def _classify_frozen(p_c: tuple, p_h: tuple, h_ref: str, c_ref: str) -> tuple[str, str, str]:
+    names = [f"c_t = {c_ref}", f"h_t = {h_ref}"]
+    growth = classify([dict(p_c), dict(p_h)], names)
+    (gc, gh), (rc, rh) = growth.classes, growth.reasons
+    cell = worst((gh, gc))
+    pairs = ((gh, rh),) if h_ref == c_ref else ((gh, rh), (gc, rc))  # one node is both: say it once
+    why = "; ".join(dict.fromkeys(r for cls, r in pairs if cls == cell and r))
+    return gh, gc, why
+
+
+def _growth(bounds: Mapping[str, Poly], h_ref: str, c_ref: str) -> tuple[str, str, str]:
+    """(class of h, class of c, why the worse one is not bounded) for outputs h and c."""
+    return _classify_frozen(_freeze(bounds[c_ref]), _freeze(bounds[h_ref]), h_ref, c_ref)
 
 
 def _renumber(g: Genotype, order: Sequence[int]) -> Genotype:
