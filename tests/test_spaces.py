@@ -156,12 +156,13 @@ def test_space_config_is_a_structured_config():
 def test_memory_template_decisions():
     sp = make_space("lstm", 8, "memory")
     ds = sp.decisions()
-    assert len(ds) == 33 and len(LSTMSpace(8).decisions()) == 42
+    assert len(ds) == 31 and len(LSTMSpace(8).decisions()) == 42
     names = [d.name for d in ds]
-    assert names[:7] == ["n1.src_a", "n1.act_a", "n1.src_b", "n1.act_b", "n1.op", "n2.src_g", "n2.act_g"]
-    assert names[7] == "n4.src_a" and names[-1] == "out.h" and "out.c" not in names
-    assert ds[0].options == ("xh", "c") and ds[5].options == ("xh", "c", "n1")
-    assert ds[7].options == ("xh", "c", "n1", "n2", "n3")  # later nodes may read c_t = n3
+    assert names[:5] == ["n1.act_a", "n1.act_b", "n1.op", "n2.src_g", "n2.act_g"]
+    assert names[5] == "n4.src_a" and names[-1] == "out.h" and "out.c" not in names
+    # n1 = i * g reads two maps of xh; the gate G is squashed and reads xh or n1
+    assert ds[3].options == ("xh", "n1") and ds[4].options == ("sigmoid", "tanh")
+    assert ds[5].options == ("xh", "c", "n1", "n2", "n3")  # later nodes may read c_t = n3
     assert sp.size() == math.prod(d.num_choices for d in ds)
 
 
@@ -173,6 +174,7 @@ def test_memory_template_cells_carry_c_through_an_identity_path():
         g = sp.decode(choices)
         assert g.space == "lstm" and g.num_nodes == 8 and g.outputs["c"] == "n3"
         assert g.nodes[1].op == "mul" and g.nodes[1].inputs[0] == ("c", "identity")
+        assert g.nodes[1].inputs[1].act in ("sigmoid", "tanh") and all(o.source == "xh" for o in g.nodes[0].inputs)
         assert g.nodes[2].to_dict() == {"op": "add", "inputs": [["n1", "identity"], ["n2", "identity"]]}
         assert sp.encode(g) == choices and sp.decode(sp.encode(g)) == g
         assert LSTMSpace(8).decode(LSTMSpace(8).encode(g)) == g  # an ordinary lstm genotype

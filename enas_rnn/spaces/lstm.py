@@ -76,6 +76,11 @@ __all__ = ["Operand", "LSTMNode", "LSTMPlan", "LSTMSpace", "copy_from_nn_lstm", 
 OPS: tuple[str, ...] = ("add", "mul")
 INPUTS: tuple[str, ...] = ("xh", "c")
 OUTPUT_NAMES: tuple[str, ...] = ("h", "c")
+# template=memory: the forget gate G of c_t = n1 + c_{t-1} * G reads x_t, h_{t-1} or n1 (= i * g) through a
+# squashing activation, so |G| <= 1 and the memory can drift by at most a bounded amount per step (as the
+# LSTM's), never blow up; n1 reads two maps of xh, so c_t always carries the input.
+GATE_SOURCES: tuple[str, ...] = ("xh", "n1")
+GATE_ACTS: tuple[str, ...] = ("sigmoid", "tanh")
 # Above this many tie permutations canonical() stops brute-forcing automorphic nodes
 # and keeps a deterministic (still valid, possibly non-unique) numbering.
 _MAX_TIE_PERMUTATIONS = 5040
@@ -675,10 +680,11 @@ class LSTMSpace(SearchSpace):
         return INPUTS + tuple(node_ref(j) for j in range(1, i))
 
     def _kinds(self) -> list[str]:
-        """What each node's decisions are: ``free`` (two operands and an op), ``gate`` (template n2 =
-        identity(c) * G: G's source and activation) or ``fixed`` (template n3 = n1 + n2, no decision)."""
+        """What each node's decisions are: ``free`` (two operands and an op), ``input`` (template n1 = i * g:
+        two xh operands' activations and the op), ``gate`` (template n2 = identity(c) * G: G's source, xh or n1,
+        and its squashing activation) or ``fixed`` (template n3 = n1 + n2, no decision)."""
         if self.template == "memory":
-            return ["free", "gate", "fixed"] + ["free"] * (self.num_nodes - 3)
+            return ["input", "gate", "fixed"] + ["free"] * (self.num_nodes - 3)
         return ["free"] * self.num_nodes
 
     def _build_decisions(self) -> list[Decision]:
@@ -690,9 +696,13 @@ class LSTMSpace(SearchSpace):
                     out.append(Decision(f"n{i}.src_{slot}", len(srcs), "source", srcs))
                     out.append(Decision(f"n{i}.act_{slot}", len(ACTIVATIONS), "act", ACTIVATIONS))
                 out.append(Decision(f"n{i}.op", len(OPS), "op", OPS))
+            elif kind == "input":
+                out.append(Decision(f"n{i}.act_a", len(ACTIVATIONS), "act", ACTIVATIONS))
+                out.append(Decision(f"n{i}.act_b", len(ACTIVATIONS), "act", ACTIVATIONS))
+                out.append(Decision(f"n{i}.op", len(OPS), "op", OPS))
             elif kind == "gate":
-                out.append(Decision(f"n{i}.src_g", len(srcs), "source", srcs))
-                out.append(Decision(f"n{i}.act_g", len(ACTIVATIONS), "act", ACTIVATIONS))
+                out.append(Decision(f"n{i}.src_g", len(GATE_SOURCES), "source", GATE_SOURCES))
+                out.append(Decision(f"n{i}.act_g", len(GATE_ACTS), "act", GATE_ACTS))
         nodes = tuple(node_ref(j) for j in range(1, self.num_nodes + 1))
         out.append(Decision("out.h", self.num_nodes, "output", nodes))
         if self.template == "none":
@@ -715,8 +725,11 @@ class LSTMSpace(SearchSpace):
                     src = srcs[next(it)]
                     operands.append(Operand(src, ACTIVATIONS[next(it)]))
                 nodes.append(LSTMNode(OPS[next(it)], (operands[0], operands[1])))
-            elif kind == "gate":  # the forget gate's product: c_{t-1} * G
-                gate = Operand(srcs[next(it)], ACTIVATIONS[next(it)])
+            elif kind == "input":  # i * g: two maps of x_t, h_{t-1} (so c_t always carries the input)
+                a, b = Operand("xh", ACTIVATIONS[next(it)]), Operand("xh", ACTIVATIONS[next(it)])
+                nodes.append(LSTMNode(OPS[next(it)], (a, b)))
+            elif kind == "gate":  # the forget gate's product: c_{t-1} * G, G squashed (|G| <= 1: no blow-up)
+                gate = Operand(GATE_SOURCES[next(it)], GATE_ACTS[next(it)])
                 nodes.append(LSTMNode("mul", (Operand("c", "identity"), gate)))
             else:  # c_t = n1 + n2: the identity path that carries c_{t-1} (the constant error carousel)
                 nodes.append(LSTMNode("add", (Operand("n1", "identity"), Operand("n2", "identity"))))
@@ -777,11 +790,18 @@ class LSTMSpace(SearchSpace):
                     out += [srcs.index(operand.source), ACTIVATIONS.index(operand.act)]
                 out.append(OPS.index(node.op))
                 continue
-            if kind == "gate" and (node.op != "mul" or node.inputs[0] != Operand("c", "identity")):
-                raise self._misfit(f"node n{i} must be identity(c) * G (the forget gate's product, c_(t-1) first), "
+            if kind == "input":
+                if any(o.source != "xh" for o in node.inputs):
+                    raise self._misfit(f"node n{i} must combine two maps of xh (i * g), got {_node_text(node)}")
+                out += [ACTIVATIONS.index(o.act) for o in node.inputs] + [OPS.index(node.op)]
+                continue
+            if kind == "gate" and (node.op != "mul" or node.inputs[0] != Operand("c", "identity")
+                                   or node.inputs[1].source not in GATE_SOURCES or node.inputs[1].act not in GATE_ACTS):
+                raise self._misfit(f"node n{i} must be identity(c) * G with G = {' or '.join(GATE_ACTS)} of "
+                                   f"{' or '.join(GATE_SOURCES)} (the forget gate's product, c_(t-1) first), "
                                    f"got {_node_text(node)}")
             if kind == "gate":
-                out += [srcs.index(node.inputs[1].source), ACTIVATIONS.index(node.inputs[1].act)]
+                out += [GATE_SOURCES.index(node.inputs[1].source), GATE_ACTS.index(node.inputs[1].act)]
             elif node != fixed[i - 1]:
                 raise self._misfit(f"node n{i} must be identity(n1) + identity(n2) (c_t), got {_node_text(node)}")
         out.append(int(g.outputs["h"][1:]) - 1)
