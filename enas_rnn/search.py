@@ -38,6 +38,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from enas_rnn import interrupt
 from enas_rnn.board import PPL_CAP, cell_markdown, hparams, open_writer, write_hparams
 from enas_rnn.checkpoint import (
     LAST,
@@ -83,7 +84,7 @@ from enas_rnn.strategies import (
     top_k_indices,
 )
 from enas_rnn.supernet import build_supernet, evaluate_cells
-from enas_rnn.train import LoopState, StepResult, perplexity, show_progress, train_steps
+from enas_rnn.train import LoopState, StepResult, perplexity, show_progress, train_steps, worse_than_uniform
 from enas_rnn.viz import draw_genotype
 
 __all__ = ["SearchConfig", "SearchState", "SearchRun", "derive", "describe", "Hook", "DEGENERATE_MODES",
@@ -171,6 +172,13 @@ class SearchState:
     # per epoch: [proposals, degenerate, unbounded] (runs from before the unbounded count: two entries)
     epoch_proposals: list[list[int]] = field(default_factory=list)
     budget_used_s: float = 0.0  # seconds counted against search.time_budget_s (across resumes)
+    # Where the current epoch stands (an interrupt checkpoints mid-epoch; resume= continues there).
+    shared_done: int = 0  # shared-phase windows of this epoch done
+    controller_done: int = 0  # controller steps of this epoch done
+    epoch_losses: list[float] = field(default_factory=list)  # this epoch's shared-window losses (the epoch log)
+    windows: int = 0  # shared windows trained (finite loss), every epoch
+    exploding_windows: int = 0  # of which worse than a uniform guess (loss > ln V)
+    epoch_windows: list[list[int]] = field(default_factory=list)  # per epoch: [windows, exploding]
 
 
 def reinforce_config(cfg: Any) -> ReinforceConfig:
@@ -245,7 +253,6 @@ class SearchRun:
                         disable=not show_progress(cfg.train.progress), unit="step", leave=False)
         self.best_ppl = min((r["ppl"] for r in self.state.records), default=math.inf)
         self.history_file: Any = None
-        self._epoch_losses: list[float] = []  # shared-phase window losses of the current epoch (for the log)
         template = "" if self.space.template == "none" else f", template {self.space.template}"
         log.info("enas-search in %s: %s search of the %s space (%d nodes%s), supernet %d units (%s parameters), "
                  "%d epochs x (%s shared + %d controller steps), screen %s, degenerate cells: %s, unbounded cells: %s%s",
@@ -302,8 +309,10 @@ class SearchRun:
             while self.state.epoch < s.epochs and not self._over_budget():
                 t0 = clock()
                 self.shared_phase()
-                for _ in range(s.controller_steps):
+                while self.state.controller_done < s.controller_steps:
+                    self._stop_if_interrupted()
                     self.controller_step()
+                    self.state.controller_done += 1
                 self.state.budget_used_s += clock() - t0
                 self.end_epoch()
         self.bar.close()
@@ -313,11 +322,13 @@ class SearchRun:
         """Trains the shared weights for ``search.shared_steps`` windows, a sampled child per window."""
         cfg, loop = self.cfg, self.loop
         self.bar.set_description(f"epoch {self.state.epoch} shared | best ppl {self.best_ppl:.1f}")
-        remaining = cfg.search.shared_steps
+        steps = cfg.search.shared_steps
+        remaining = None if steps is None else steps - self.state.shared_done
         while remaining is None or remaining > 0:
             before = loop.step
             ended = train_steps(self.model, self.optimizer, self.splits.train, loop, cfg.train, cfg.data, remaining,
-                                self._training_child, self._shared_step_hook)
+                                self._training_child, self._shared_step_hook, stop=interrupt.requested)
+            self._stop_if_interrupted()
             if remaining is None:
                 break
             remaining -= loop.step - before
@@ -336,8 +347,9 @@ class SearchRun:
 
     def _shared_step_hook(self, ls: LoopState, res: StepResult) -> None:
         self.bar.update(1)
+        self.state.shared_done += 1
         if res.ok:
-            self._epoch_losses.append(res.loss)
+            self.state.epoch_losses.append(res.loss)
         if ls.step % self.cfg.train.log_every == 0 and res.ok:
             self.writer.add_scalar("shared/train_ppl", perplexity(res.loss), ls.step)
             self.writer.add_scalar("shared/lr", ls.lr, ls.step)
@@ -368,7 +380,7 @@ class SearchRun:
             keep = [live[j] for j in top_k_indices(live_scores, cfg.screen.keep)]
         ppls = evaluate_cells(self.model, [genotypes[i] for i in keep], self.splits.valid, cfg.data.bptt,
                               s.reward_batches, st.valid_pos)
-        rewards = [reward_from_ppl(p, s.reward_c, s.nonfinite_reward) for p in ppls]
+        rewards = [reward_from_ppl(p, s.reward_c, s.nonfinite_reward, self.model.vocab_size) for p in ppls]
         index, entry_rewards = list(keep), list(rewards)
         if scores is not None and cfg.screen.screened_reward == "min" and len(keep) < len(live):
             # Screened-out candidates count as no better than the worst evaluated child.
@@ -394,7 +406,8 @@ class SearchRun:
                 "step": st.controller_step, "epoch": st.epoch, "shared_step": self.loop.step,
                 "hash": g.hash(), "genotype": g.to_dict(), "ppl": ppls[j], "reward": stats.rewards[j],
                 "baseline": stats.baseline, "advantage": stats.advantages[j], "entropy": stats.entropies[j],
-                "diverged": not math.isfinite(ppls[j]),
+                # worse than a uniform guess counts as diverged: such a child learnt nothing on these weights
+                "diverged": worse_than_uniform(ppls[j], self.model.vocab_size),
             }
             if s.degenerate == "off":  # handling off: say which evaluated cells were degenerate
                 rec["degenerate"] = g.is_degenerate(self.require_memory)
@@ -448,9 +461,12 @@ class SearchRun:
         ppls = sorted(r["ppl"] for r in st.records if r["epoch"] == st.epoch - 1 and math.isfinite(r["ppl"]))
         # Median, not exp(mean loss): a few exploding children (loss far above a uniform guess, ln V) would
         # make the mean astronomically large and hide how the typical child trains; their count is logged.
-        losses = sorted(self._epoch_losses)
+        losses = sorted(st.epoch_losses)
         uniform = math.log(self.model.vocab_size)
         exploding = sum(1 for x in losses if x > uniform)
+        st.windows += len(losses)
+        st.exploding_windows += exploding
+        st.epoch_windows.append([len(losses), exploding])
         if losses:
             self.writer.add_scalar("shared/exploding_share_epoch", exploding / len(losses), st.epoch)
         log.info("epoch %d/%d: shared train ppl median %s, %d of %d windows worse than a uniform guess (%.0f tokens/s); "
@@ -460,14 +476,23 @@ class SearchRun:
                  exploding, len(losses), loop.tokens / max(loop.train_seconds, 1e-9), len(ppls),
                  f"{ppls[len(ppls) // 2]:.4g}" if ppls else "–", f"{ppls[0]:.1f}" if ppls else "–", self.best_ppl, d, p,
                  u, p, time.perf_counter() - self.wall_t0)
-        self._epoch_losses = []
+        st.epoch_losses, st.shared_done, st.controller_done = [], 0, 0
         if st.epoch >= cfg.train.decay_start:
             loop.lr *= cfg.train.lr_decay
         epoch_recs = [r for r in st.records if r["epoch"] == st.epoch - 1 and math.isfinite(r["ppl"])]
         if epoch_recs:
             best = min(epoch_recs, key=lambda r: r["ppl"])
             _log_cell(self.writer, "search/epoch_best_cell", Genotype.from_dict(best["genotype"]), best["ppl"], st.epoch)
-        self.history_file.flush()
+        self.save()
+        if self.hook is not None:
+            self.hook("epoch", st.epoch)
+
+    def save(self) -> None:
+        """A checkpoint of everything the search needs to continue exactly: at the end of every epoch, and
+        where an interrupt stopped it (between two steps of an epoch)."""
+        loop = self.loop
+        if self.history_file is not None:
+            self.history_file.flush()
         save_checkpoint(
             checkpoint_dir(self.run_dir) / LAST,
             {
@@ -477,14 +502,18 @@ class SearchRun:
                                 "strategy": self.strategy.state_dict()},
                 "loop": loop.to_dict(),
                 "hidden": loop.hidden,
-                "search": dataclasses.asdict(st),
+                "search": dataclasses.asdict(self.state),
                 "generator": self.gen.get_state(),
                 "rng": rng_state(),
                 "wall_s": self.wall_before + time.perf_counter() - self.wall_t0,
             },
         )
-        if self.hook is not None:
-            self.hook("epoch", st.epoch)
+
+    def _stop_if_interrupted(self) -> None:
+        """SIGTERM / SIGINT (enas_rnn.interrupt): a checkpoint of this very point, then Interrupted."""
+        if interrupt.requested():
+            self.save()
+            raise interrupt.Interrupted(self.loop.step, interrupt.requested_by())
 
     def _over_budget(self) -> bool:
         budget = self.cfg.search.time_budget_s
@@ -501,6 +530,13 @@ class SearchRun:
         """Derive, then best_genotype.{json,png}, top_genotypes.json, metrics.json and TensorBoard's summary."""
         cfg, s, st, loop = self.cfg, self.cfg.search, self.state, self.loop
         top = derive(self.model, self.strategy, self.splits.valid, cfg, s.derive_samples, self.valid)
+        if math.isfinite(top[0]["ppl"]) and worse_than_uniform(top[0]["ppl"], self.model.vocab_size):
+            write_json(self.run_dir / "metrics.json", {"status": "worse than uniform", "best_ppl": top[0]["ppl"],
+                                                        "children_evaluated": len(st.records), "epochs": st.epoch})
+            raise SearchDiverged(
+                f"the supernet ends worse than a uniform guess: its best derived cell has perplexity "
+                f"{top[0]['ppl']:.4g} > {self.model.vocab_size:,} (the vocabulary): no best genotype was written. "
+                "Lower train.lr (the shared SGD), keep model.state_clip set, or search longer")
         if not math.isfinite(top[0]["ppl"]):
             # No cell worth handing over: say so, and write no best genotype.
             write_json(self.run_dir / "metrics.json", {"status": "diverged", "children_evaluated": len(st.records),
@@ -549,6 +585,11 @@ class SearchRun:
             "best_has_memory": top[0].get("has_memory"),
             "best_reference_distance": top[0].get("reference_distance"),
             "skipped_shared_steps": loop.skipped,
+            # shared windows whose child was worse than a uniform guess (loss > ln V): exploding children
+            "exploding_windows": st.exploding_windows, "shared_windows": st.windows,
+            "exploding_share": st.exploding_windows / st.windows if st.windows else None,
+            "exploding_share_last_epoch": (st.epoch_windows[-1][1] / st.epoch_windows[-1][0]
+                                           if st.epoch_windows and st.epoch_windows[-1][0] else None),
             "tokens_per_s": loop.tokens / loop.train_seconds if loop.train_seconds > 0 else 0.0,
             "wall_s": self.wall_before + time.perf_counter() - self.wall_t0,
             "device": str(self.device),

@@ -222,9 +222,11 @@ def make_strategy(
     raise ConfigError(f"invalid config value search.strategy={name!r}: valid values are {', '.join(STRATEGIES)}")
 
 
-def reward_from_ppl(ppl: float, c: float, nonfinite_reward: float) -> float:
-    """``c / ppl``; a diverged child (non-finite ppl) gets the penalty reward instead."""
-    return c / ppl if math.isfinite(ppl) and ppl > 0 else nonfinite_reward
+def reward_from_ppl(ppl: float, c: float, nonfinite_reward: float, chance: Optional[float] = None) -> float:
+    """``c / ppl``; a diverged child (non-finite ppl, or - given the chance level ``chance``, the vocabulary
+    size - one worse than a uniform guess) gets the penalty reward instead."""
+    ok = math.isfinite(ppl) and ppl > 0 and (chance is None or ppl <= chance)
+    return c / ppl if ok else nonfinite_reward
 
 
 def top_k_indices(scores: Sequence[float], k: int) -> list[int]:

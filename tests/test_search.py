@@ -216,3 +216,32 @@ def test_search_in_the_memory_template(tiny_corpus: Path, tmp_path: Path) -> Non
     run_search(search_cfg(tiny_corpus, "space.template=memory", "search.unbounded=mask"), out)
     best = Genotype.from_json(out / "best_genotype.json")
     assert best.outputs["c"] == "n3" and best.nodes[2].to_dict()["op"] == "add" and not best.is_unbounded()
+
+
+def test_an_interrupt_mid_epoch_checkpoints_there_and_resumes_to_the_same_search(tiny_corpus: Path,
+                                                                                tmp_path: Path) -> None:
+    """SIGTERM between two steps of an epoch (here: requested from a hook) saves that very point; resume=
+    continues there and ends with the uninterrupted search's numbers and history."""
+    from enas_rnn import interrupt
+    from enas_rnn.checkpoint import load_checkpoint
+
+    full = run_search(search_cfg(tiny_corpus, "model.dropout_in=0.3"), tmp_path / "full")
+    for event, at in (("controller_step", 7), ("shared_step", 14)):
+        cut = tmp_path / f"cut_{event}"
+
+        def hook(e: str, n: int) -> None:
+            if e == event and n == at:
+                interrupt.request("SIGTERM")
+
+        try:
+            with pytest.raises(interrupt.Interrupted, match="interrupted at step"):
+                run_search(search_cfg(tiny_corpus, "model.dropout_in=0.3"), cut, hook=hook)
+        finally:
+            interrupt.reset()
+        state = load_checkpoint(cut / "checkpoints" / "last.pt")["search"]
+        assert state["controller_done"] > 0 or state["shared_done"] > 0  # a mid-epoch checkpoint
+        resumed = run_search(search_cfg(tiny_corpus, "model.dropout_in=0.3", f"resume={cut}"), tmp_path / "x")
+        for key in ("best_ppl", "best_hash", "controller_steps", "shared_steps", "children_evaluated",
+                    "exploding_windows", "shared_windows"):
+            assert resumed[key] == full[key], (event, key)
+        assert (tmp_path / "full" / "search_history.jsonl").read_text() == (cut / "search_history.jsonl").read_text()
