@@ -133,6 +133,9 @@ class SearchConfig:
     # "off" treats them like any cell. Unless "off", no unbounded cell is trained, evaluated or derived, and
     # random search samples the bounded subset.
     unbounded: str = rule("off", one_of(UNBOUNDED_MODES))
+    # A shared-phase window whose child is worse than a uniform guess (loss > ln V) updates nothing: its
+    # clipped gradient would pull every shared weight towards an exploding child (supernet stabiliser).
+    skip_exploding: bool = False
     derive_samples: int = rule(100, INT1)  # cells drawn at derive time (ENAS-pytorch derive_num_sample)
     derive_batches: int = rule(10, INT1)  # validation windows, the same for every derived cell
     # The best derive_rerank cells are evaluated again on derive_rerank_batches windows, enough to
@@ -327,7 +330,8 @@ class SearchRun:
         while remaining is None or remaining > 0:
             before = loop.step
             ended = train_steps(self.model, self.optimizer, self.splits.train, loop, cfg.train, cfg.data, remaining,
-                                self._training_child, self._shared_step_hook, stop=interrupt.requested)
+                                self._training_child, self._shared_step_hook, stop=interrupt.requested,
+                                skip_above=math.log(self.model.vocab_size) if cfg.search.skip_exploding else None)
             self._stop_if_interrupted()
             if remaining is None:
                 break
@@ -348,7 +352,7 @@ class SearchRun:
     def _shared_step_hook(self, ls: LoopState, res: StepResult) -> None:
         self.bar.update(1)
         self.state.shared_done += 1
-        if res.ok:
+        if res.ok or res.refused:
             self.state.epoch_losses.append(res.loss)
         if ls.step % self.cfg.train.log_every == 0 and res.ok:
             self.writer.add_scalar("shared/train_ppl", perplexity(res.loss), ls.step)
@@ -584,7 +588,7 @@ class SearchRun:
             "best_depends_on_input": top[0].get("depends_on_input"),
             "best_has_memory": top[0].get("has_memory"),
             "best_reference_distance": top[0].get("reference_distance"),
-            "skipped_shared_steps": loop.skipped,
+            "skipped_shared_steps": loop.skipped, "refused_shared_steps": loop.refused,
             # shared windows whose child was worse than a uniform guess (loss > ln V): exploding children
             "exploding_windows": st.exploding_windows, "shared_windows": st.windows,
             "exploding_share": st.exploding_windows / st.windows if st.windows else None,

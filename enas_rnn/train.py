@@ -64,6 +64,7 @@ class LoopState:
     lr: float = 0.0
     tokens: int = 0  # training tokens seen
     skipped: int = 0  # steps skipped for a non-finite loss or gradient
+    refused: int = 0  # updates refused for a loss above ``skip_above`` (the search's skip_exploding)
     train_seconds: float = 0.0  # time spent in training steps (excludes evaluation)
     best_valid_loss: float = math.inf
     history: list[dict[str, float]] = field(default_factory=list)  # one entry per validation
@@ -90,7 +91,8 @@ class StepResult:
 
     loss: float
     seq_len: int
-    ok: bool  # False: non-finite loss or gradient, the update was skipped
+    ok: bool  # False: non-finite loss or gradient (or ``refused``), the update was skipped
+    refused: bool = False  # the loss was above the caller's ``skip_above``: no backward, no update
 
 
 def guarded_step(loss: Tensor, optimizer: torch.optim.Optimizer, params: list[Tensor], clip: float) -> tuple[float, bool]:
@@ -132,6 +134,7 @@ def train_steps(
     core_kwargs_fn: Optional[CoreKwargsFn] = None,
     on_step: Optional[Callable[[LoopState, StepResult], None]] = None,
     stop: Optional[Callable[[], bool]] = None,
+    skip_above: Optional[float] = None,
 ) -> bool:
     """Trains on consecutive BPTT windows of ``source`` [T, B] from ``state.pos``.
 
@@ -143,6 +146,11 @@ def train_steps(
     ``stop`` (e.g. :func:`enas_rnn.interrupt.requested`) is asked before every window: when it says
     True the call returns at once, between two windows, with ``state`` as after the last finished
     step; the caller tells this early return from a finished one by the steps done.
+
+    ``skip_above`` (the search's ``skip_exploding``: ln V, a uniform guess) refuses the update of a window
+    whose loss is above it: no backward, no step, the hidden state reset (counted in
+    ``state.refused``, not as a non-finite step) - an exploding child's gradient would move the shared
+    weights in its own direction.
     """
     model.train()
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -162,12 +170,21 @@ def train_steps(
         inp, target = get_batch(source, state.pos, seq_len)
         kwargs = core_kwargs_fn() if core_kwargs_fn is not None else {}
         loss, hidden = model.loss(inp, target, detach_hidden(state.hidden), **kwargs)
-        loss_value, ok = guarded_step(loss, optimizer, params, cfg.clip)
-        if ok:
-            state.hidden = hidden
-        else:
+        refused = False
+        if skip_above is not None:
+            loss_value = float(loss.detach())
+            refused = math.isfinite(loss_value) and loss_value > skip_above
+        if refused:
+            ok = False
             state.hidden = model.init_hidden(batch_size)
-            state.skipped += 1
+            state.refused += 1
+        else:
+            loss_value, ok = guarded_step(loss, optimizer, params, cfg.clip)
+            if ok:
+                state.hidden = hidden
+            else:
+                state.hidden = model.init_hidden(batch_size)
+                state.skipped += 1
         n = inp.size(0)
         state.pos += n
         state.step += 1
@@ -175,8 +192,8 @@ def train_steps(
         state.train_seconds += time.perf_counter() - t0
         done += 1
         if on_step is not None:
-            on_step(state, StepResult(loss_value, n, ok))
-        if not ok:
+            on_step(state, StepResult(loss_value, n, ok, refused))
+        if not ok and not refused:
             check_skipped(state.skipped, cfg.max_nonfinite)
     if state.pos >= source.size(0) - 1:
         state.pos = 0

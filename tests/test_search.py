@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import compose_app
 
+from enas_rnn.search import SearchRun
 from enas_rnn.searchrun import run_search
 from enas_rnn.supernet import load_supernet
 from enas_rnn.errors import ConfigError
@@ -245,3 +246,20 @@ def test_an_interrupt_mid_epoch_checkpoints_there_and_resumes_to_the_same_search
                     "exploding_windows", "shared_windows"):
             assert resumed[key] == full[key], (event, key)
         assert (tmp_path / "full" / "search_history.jsonl").read_text() == (cut / "search_history.jsonl").read_text()
+
+
+def test_skip_exploding_refuses_the_update_of_an_exploding_window(tiny_corpus: Path, tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """With search.skip_exploding a window worse than a uniform guess changes no shared weight."""
+    from enas_rnn.train import LoopState, train_steps
+
+    cfg = search_cfg(tiny_corpus, "search.skip_exploding=true")
+    run = SearchRun(cfg, tmp_path / "r")
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    state = LoopState(lr=1.0)
+    train_steps(run.model, run.optimizer, run.splits.train, state, cfg.train, cfg.data, 3,
+                run._training_child, skip_above=-1.0)  # every loss is above -1: every update refused
+    assert state.refused == 3 and state.skipped == 0 and state.step == 3
+    assert all(torch.equal(before[k], v) for k, v in run.model.state_dict().items())
+    metrics = run_search(cfg, tmp_path / "s")
+    assert metrics["refused_shared_steps"] == metrics["exploding_windows"]

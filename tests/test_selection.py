@@ -154,3 +154,10 @@ def test_search_from_must_be_a_finished_search(tiny_corpus: Path, tmp_path: Path
     (tmp_path / "nothing").mkdir()
     with pytest.raises(ConfigError, match="holds no enas-search run"):
         pipeline_mod.run_pipeline(pipe_cfg(tiny_corpus, f"search_from={tmp_path / 'nothing'}"), tmp_path / "p")
+
+
+def test_mrs_prescreen_scores_the_pool_and_enters_the_fidelity(tiny_corpus: Path, tmp_path: Path) -> None:
+    sel = _select(tiny_corpus, tmp_path / "p", "select.prescreen=mrs")
+    assert all(c["mrs_mean"] is not None for c in sel["candidates"])
+    assert all(c["flagged"] for c in sel["screened_out"])  # screened out: flagged, replaced from the pool
+    assert "mrs" in sel["fidelity"] and sel["fidelity"]["mrs"]["n"] == len(sel["candidates"])
