@@ -327,10 +327,15 @@ def run_folder_of(spec: RunSpec, cfg: Any, folder: Path, store: Optional[Path]) 
     return (store if store is not None else folder / "runs") / spec.name
 
 
-def train_job(spec: RunSpec, where: Path, stop_at: Optional[int] = None) -> Job:
-    """The executor job that trains ``spec`` into ``where``."""
+def _cached(spec: RunSpec, cfg: Any) -> bool:
+    """Whether a run lives in the baseline cache (shared with other comparisons, which may be training it)."""
+    return spec.model in BASELINES.values() and bool(cfg.get("baseline_cache"))
+
+
+def train_job(spec: RunSpec, where: Path, stop_at: Optional[int] = None, wait: bool = False) -> Job:
+    """The executor job that trains ``spec`` into ``where`` (``wait``: for a cached run others may be training)."""
     data = TrainJob(spec.name, OmegaConf.to_container(spec.cfg, resolve=True, enum_to_str=True), str(where),
-                    None if spec.genotype is None else spec.genotype.to_dict(), stop_at)
+                    None if spec.genotype is None else spec.genotype.to_dict(), stop_at, wait)
     return Job(spec.name, where, run_train_job, (data,))
 
 
@@ -536,8 +541,8 @@ def submit_baselines(cfg: Any, folder: Path, executor: Executor, store: Optional
     """Starts the nn.LSTM runs of a comparison before its cells are known (they depend only on the config):
     the pipeline trains them while its search runs. Submitting them again later reuses them."""
     specs, _ = plan_runs(cfg, [], vocab_size_of(cfg.data))
-    return [submit_train(executor, train_job(s, run_folder_of(s, cfg, folder, store))) for s in specs
-            if s.model == BASELINE]
+    return [submit_train(executor, train_job(s, run_folder_of(s, cfg, folder, store), wait=_cached(s, cfg)))
+            for s in specs if s.model == BASELINE]
 
 
 def run_compare(cfg: Any, folder: str | Path, cells: Optional[Sequence[CellEntry]] = None,
@@ -562,7 +567,7 @@ def run_compare(cfg: Any, folder: str | Path, cells: Optional[Sequence[CellEntry
     target = matchings[0].target_params if matchings else None
     real = [s for s in specs if s.alias_of is None]
     order = sorted(real, key=lambda s: 0 if s.name in first else 1)
-    handles = {s.name: submit_train(executor, train_job(s, where[s.name])) for s in order}
+    handles = {s.name: submit_train(executor, train_job(s, where[s.name], wait=_cached(s, cfg))) for s in order}
     results = dict(zip(handles, executor.wait(list(handles.values()))))
     rows: list[dict[str, Any]] = []
     for k, spec in enumerate(specs, 1):

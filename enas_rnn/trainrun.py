@@ -131,6 +131,7 @@ def train_lm(
     overrides: Sequence[str] = (),
     log_file: Optional[str] = "train.log",
     hydra_record: Optional[Mapping[str, str]] = None,
+    wait: bool = False,
 ) -> dict[str, Any]:
     """Trains (or continues, or reads back) one language model in ``folder``; returns its metrics.
 
@@ -139,7 +140,8 @@ def train_lm(
     and the progress bar), ``job`` for a run inside another app (fresh, resumed or reused by identity).
     ``genotype`` is the cell a ``model.core=cell`` run trains (default: the one ``cfg.cell`` names); with
     ``cfg.resume`` set, mode ``job`` means ``resume``. ``stop_at`` pauses the run at that step (validated, checkpointed, status ``paused``); the returned
-    metrics are then those of the pause.
+    metrics are then those of the pause. ``wait``: a folder in use by another process is waited for
+    (a cached run several jobs need), not refused.
 
     metrics.json: valid_ppl (best validation), test_ppl (of the best-validation weights), num_params,
     tokens_per_s (training only), wall_s, steps, skipped_steps, plus the history of validations.
@@ -160,7 +162,7 @@ def train_lm(
         genotype = genotype_of(cfg)  # the config names its cell (a name or a file)
     check_values(cfg, TrainRunConfig)
     ident = train_identity(cfg, genotype)
-    with run.session(ident, mode, log_file=log_file, hydra_record=hydra_record) as claim:
+    with run.session(ident, mode, log_file=log_file, hydra_record=hydra_record, wait=wait) as claim:
         if claim == Claim.reuse:
             log.info("nothing to do: %s holds a finished run (read back, nothing changed)", folder)
             return _read_back(run, stop_at)
@@ -306,6 +308,7 @@ class TrainJob:
     folder: str
     genotype: Optional[dict] = None
     stop_at: Optional[int] = None
+    wait: bool = False  # a shared (cached) run: wait for another process that trains it, then reuse it
 
 
 def run_train_job(job: TrainJob) -> dict[str, Any]:
@@ -317,7 +320,7 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
     genotype = Genotype.from_dict(job.genotype) if job.genotype is not None else None
     before = RunFolder(Path(job.folder), APP).status
     try:
-        metrics = train_lm(cfg, job.folder, genotype, mode="job", stop_at=job.stop_at)
+        metrics = train_lm(cfg, job.folder, genotype, mode="job", stop_at=job.stop_at, wait=job.wait)
     except TrainingDiverged as exc:
         metrics = {"valid_ppl": math.inf, "test_ppl": math.inf, "num_params": None, "tokens_per_s": None,
                    "wall_s": None, "steps": None, "history": [], "error": str(exc)}

@@ -220,3 +220,19 @@ def test_baseline_cache_is_shared_and_reused(tiny_corpus: Path, tmp_path: Path) 
     report = run_compare(compose_app("compare", args), tmp_path / "b")
     assert (folder / "metrics.json").stat().st_mtime == stamp  # trained once, reused by the second comparison
     assert any(r["status"] == "reused" for r in report["runs"])
+
+
+def test_a_cached_baseline_in_use_is_waited_for(tiny_corpus: Path, tmp_path: Path) -> None:
+    """Two comparisons that need the same cached nn.LSTM run: the second waits for the first's lock."""
+    import threading
+
+    cache = tmp_path / "cache"
+    args = ["experiment=smoke", f"data.root={tiny_corpus}", "cell=lstm", "seeds=[0]", "sizings=[same]",
+            "baselines=[lstm]", f"baseline_cache={cache}"]
+    run_compare(compose_app("compare", args), tmp_path / "a")
+    (folder,) = [p for p in cache.iterdir() if p.is_dir()]
+    holder = RunFolder(folder, "enas-train")
+    holder._lock(wait=False)
+    threading.Timer(1.0, holder._unlock).start()  # the other process finishes
+    report = run_compare(compose_app("compare", args), tmp_path / "b")
+    assert any(r["status"] == "reused" for r in report["runs"])
