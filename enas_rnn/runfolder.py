@@ -350,8 +350,9 @@ class RunFolder:
                 shutil.rmtree(p, ignore_errors=True)
             else:
                 p.unlink(missing_ok=True)
+        if self.path in self._created or not any(p.name != LOCK for p in self.path.iterdir()):
+            (self.path / LOCK).unlink(missing_ok=True)  # the lock file the claim made, in a folder left empty
         if self.path in self._created:
-            (self.path / LOCK).unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 self.path.rmdir()
 

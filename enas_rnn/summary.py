@@ -140,7 +140,8 @@ def _configured(job: Path, key: str) -> Any:
 
 def collect(root: str | Path) -> list[dict[str, Any]]:
     """One row per job: ``job`` (its folder relative to ``root``), the overrides (hydra.* keys dropped),
-    ``status`` (done / missing) and the scalar entries of metrics.json (lists and dicts dropped).
+    ``status`` (done / missing) and the scalar entries of metrics.json (nested objects flattened two levels
+    deep as ``a.b.c``; lists dropped).
 
     A key that some jobs override and others do not (two sweeps in one folder, say) is filled in for
     the others from the config they ran with, so every row has every override column."""
@@ -163,11 +164,23 @@ def collect(root: str | Path) -> list[dict[str, Any]]:
             except ValueError as exc:
                 log.warning("%s is unreadable (%s); its job is listed as missing", path, exc)
         row["status"] = "done" if isinstance(metrics, dict) else "missing"
-        for k, v in (metrics or {}).items():
+        for k, v in _flat(metrics or {}):
             if _scalar(v) and k not in row:
                 row[k] = v
         rows.append(row)
     return rows
+
+
+def _flat(d: dict[str, Any], prefix: str = "", depth: int = 2) -> list[tuple[str, Any]]:
+    """The entries of a metrics.json with nested objects flattened ``depth`` levels deep (``verdict.ratio``,
+    ``fidelity.supernet.tau``: an enas-pipeline's numbers sit one or two levels down)."""
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        if isinstance(v, dict) and depth > 0:
+            out += _flat(v, f"{prefix}{k}.", depth - 1)
+        else:
+            out.append((f"{prefix}{k}", v))
+    return out
 
 
 def _columns(rows: Sequence[dict[str, Any]]) -> list[str]:

@@ -74,3 +74,42 @@ def test_slurm_job_spec_asks_for_what_the_config_says(tmp_path: Path, monkeypatc
                  "#SBATCH --cpus-per-task=4", "module load cuda"):
         assert line in script, line
     assert handle._sub.job_id == "4242"
+
+
+@pytest.mark.slow
+def test_a_multirun_of_pipelines_through_hydras_submitit_launcher_is_summarised(tiny_corpus: Path,
+                                                                                tmp_path: Path) -> None:
+    """-m hydra/launcher=submitit_local runs the seeds' pipelines side by side; enas-summary gives mean ± sd."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = tmp_path / "mr"
+    res = subprocess.run([sys.executable, "-m", "enas_rnn.cli.pipeline", "-m", "hydra/launcher=submitit_local",
+                          "experiment=smoke", "seed=0,1", f"data.root={tiny_corpus}", f"hydra.sweep.dir={out}"],
+                         cwd=REPO, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    jobs = sorted(p.name for p in out.iterdir() if p.is_dir() and (p / "metrics.json").is_file())
+    assert jobs == ["experiment=smoke,seed=0", "experiment=smoke,seed=1"]
+    summary = subprocess.run([sys.executable, "-m", "enas_rnn.cli.summary", str(out)], cwd=REPO, capture_output=True,
+                             text=True)
+    assert summary.returncode == 0, summary.stderr
+    text = (out / "summary.md").read_text()
+    assert "mean ± sd" in text and "| verdict.cell_test_ppl" in text
+
+
+def test_the_slurm_multirun_config_asks_for_a_gpu_per_job() -> None:
+    """No cluster here: the composed Hydra launcher config of the README's SLURM command is checked instead."""
+    from hydra import compose, initialize_config_module
+
+    from enas_rnn.conf import register_configs
+
+    register_configs()
+    with initialize_config_module(config_module="enas_rnn.configs", version_base="1.3"):
+        cfg = compose("pipeline", ["hydra/launcher=submitit_slurm", "hydra.launcher.gpus_per_node=1",
+                                   "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=720",
+                                   "experiment=small", "device=cuda"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.gpus_per_node == 1
+    assert launcher.partition == "gpu" and launcher.timeout_min == 720
