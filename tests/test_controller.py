@@ -50,6 +50,7 @@ def _acts(node: dict) -> list[str]:
     return [node["act"]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("space_name", ["lstm", "enas"])
 def test_reinforce_learns_a_toy_reward(space_name: str) -> None:
     """Reward = share of tanh activations: uniform sampling gives ~0.25; the policy must climb."""

@@ -50,6 +50,7 @@ def probe(g: Genotype, seed: int) -> tuple[bool, bool]:
     return depends, memory
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("space,nodes", [("lstm", 8), ("lstm", 4), ("enas", 8)])
 def test_analysis_matches_numeric_probe_on_1000_random_cells(space: str, nodes: int) -> None:
     sp = make_space(space, nodes)

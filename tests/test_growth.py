@@ -120,6 +120,7 @@ def _finite(v: float) -> bool:
     return math.isfinite(v) and v < 1e300
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("space,nodes,cells", [("lstm", 8, 300), ("lstm", 4, 200), ("enas", 8, 200)])
 def test_growth_classes_hold_numerically(space: str, nodes: int, cells: int) -> None:
     sp = make_space(space, nodes)

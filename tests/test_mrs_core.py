@@ -319,13 +319,13 @@ def test_sine_grid_is_the_authors_space_and_seeded() -> None:
     assert float(data["train"].min()) == pytest.approx(0.0, abs=1e-9) and float(data["train"].max()) == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_mrs_sine_quick(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "mrs_sine.py"), "--quick", "--lookback1", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
-        timeout=120,
         env=env,
         cwd=tmp_path,
     )

@@ -33,6 +33,7 @@ def _check_tables(tables: dict, targets: set[str]) -> None:
         assert computed, "at least some correlations must be defined"
 
 
+@pytest.mark.slow
 def test_smoke_study_writes_everything_and_resumes(tiny_corpus: Path, tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "study"
     report = run_study(study_cfg(tiny_corpus), out)
@@ -72,6 +73,7 @@ def test_smoke_study_writes_everything_and_resumes(tiny_corpus: Path, tmp_path: 
         run_study(study_cfg(tiny_corpus, "cells=5"), out)
 
 
+@pytest.mark.slow
 def test_study_reports_shared_weight_ppl_of_a_search(tiny_corpus: Path, tmp_path: Path) -> None:
     search = tmp_path / "search"
     run_search(compose_app("search", ["experiment=smoke", f"data.root={tiny_corpus}", "train.progress=false",

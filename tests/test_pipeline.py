@@ -26,6 +26,7 @@ def pipe_cfg(root: Path, *extra: str):
     return compose_app("pipeline", ["experiment=smoke", f"data.root={root}", "train.lr=5", *extra])
 
 
+@pytest.mark.slow
 def test_smoke_pipeline_writes_every_stage_and_is_never_rewritten(tiny_corpus: Path, tmp_path: Path,
                                                                   monkeypatch) -> None:
     out = tmp_path / "p"
@@ -70,6 +71,7 @@ def test_smoke_pipeline_writes_every_stage_and_is_never_rewritten(tiny_corpus: P
         run_pipeline(pipe_cfg(tiny_corpus, "seed=5"), out, mode="job")
 
 
+@pytest.mark.slow
 def test_an_interrupted_pipeline_continues_where_it_stopped(tiny_corpus: Path, tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "p"
     real = pipeline_mod.run_compare
@@ -92,6 +94,7 @@ def test_an_interrupted_pipeline_continues_where_it_stopped(tiny_corpus: Path, t
     assert metrics["stage_seconds"]["compare"] >= first["compare"]
 
 
+@pytest.mark.slow
 def test_a_pipeline_killed_before_the_searchs_first_checkpoint_resumes(tiny_corpus: Path, tmp_path: Path,
                                                                       monkeypatch) -> None:
     out = tmp_path / "p"
@@ -109,6 +112,7 @@ def test_a_pipeline_killed_before_the_searchs_first_checkpoint_resumes(tiny_corp
     assert metrics["winner"] and (out / "summary.md").is_file()
 
 
+@pytest.mark.slow
 def test_search_from_reuses_a_finished_search(tiny_corpus: Path, tmp_path: Path) -> None:
     first = run_pipeline(pipe_cfg(tiny_corpus), tmp_path / "a")
     second = run_pipeline(pipe_cfg(tiny_corpus, f"search_from={tmp_path / 'a'}", "select.strategy=topk",

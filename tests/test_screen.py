@@ -44,6 +44,7 @@ def recording(monkeypatch) -> list[list[float]]:
     return calls
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mrs", "hidden_cov"])
 def test_screened_search_evaluates_exactly_the_top_k(tiny_corpus: Path, tmp_path: Path, monkeypatch, name: str) -> None:
     calls = recording(monkeypatch)
@@ -76,6 +77,7 @@ def test_screened_search_evaluates_exactly_the_top_k(tiny_corpus: Path, tmp_path
     assert len(acc.Scalars("screen/score_kept")) == steps
 
 
+@pytest.mark.slow
 def test_degenerate_candidates_are_never_scored(tiny_corpus: Path, tmp_path: Path, monkeypatch) -> None:
     calls = recording(monkeypatch)
     metrics = run_search(search_cfg(tiny_corpus, "screen=mrs", "screen.candidates=6", "screen.keep=1"), tmp_path / "r")

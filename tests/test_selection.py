@@ -115,6 +115,7 @@ def test_halving_races_the_candidates_and_measures_fidelity(tiny_corpus: Path, t
     assert "NaN" not in text and "Infinity" not in text and json.loads(text)["winner"] == winner
 
 
+@pytest.mark.slow
 def test_same_seed_same_survivors_and_an_interrupted_stage_resumes(tiny_corpus: Path, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     ref = _select(tiny_corpus, tmp_path / "a")
@@ -137,6 +138,7 @@ def test_same_seed_same_survivors_and_an_interrupted_stage_resumes(tiny_corpus: 
         assert again[key] == ref[key], key
 
 
+@pytest.mark.slow
 def test_topk_keeps_the_old_selection(tiny_corpus: Path, tmp_path: Path) -> None:
     sel = _select(tiny_corpus, tmp_path / "p", "select.strategy=topk", "select.k=2", "select.max_steps=5")
     assert sel["strategy"] == "topk" and len(sel["candidates"]) == 2 and sel["plan"] == [{"cells": 2, "steps": 5}]
@@ -156,6 +158,7 @@ def test_search_from_must_be_a_finished_search(tiny_corpus: Path, tmp_path: Path
         pipeline_mod.run_pipeline(pipe_cfg(tiny_corpus, f"search_from={tmp_path / 'nothing'}"), tmp_path / "p")
 
 
+@pytest.mark.slow
 def test_mrs_prescreen_scores_the_pool_and_enters_the_fidelity(tiny_corpus: Path, tmp_path: Path) -> None:
     sel = _select(tiny_corpus, tmp_path / "p", "select.prescreen=mrs")
     assert all(c["mrs_mean"] is not None for c in sel["candidates"])

@@ -69,6 +69,7 @@ def test_every_core_trains_on_both_tasks(task: str, core: str) -> None:
     assert set(res.metrics) == {f"{s}_{m}" for s in ("train", "valid", "test") for m in ("loss", data.metric)}
 
 
+@pytest.mark.slow
 def test_lstm_learns_nth_element_recall() -> None:
     # Brownlee's default problem (5 integers in [0, 10), recall the third): an LSTM of 16 units solves it.
     cfg = _cfg("model.hidden_size=16", "task.train_size=1000", "task.test_size=500", "train.max_steps=400",

@@ -45,6 +45,7 @@ class _Interrupt(Exception):
     pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("core", ["lstm", "cell", "gru"])
 def test_resume_matches_uninterrupted_run(tiny_corpus: Path, tmp_path: Path, core: str) -> None:
     # Dropouts and random BPTT lengths make every RNG matter for exactness.
@@ -173,10 +174,10 @@ def _cli(args: list[str], tmp_path: Path, env_extra: dict | None = None) -> subp
     env = {**os.environ, **(env_extra or {})}
     return subprocess.run(
         [sys.executable, "-m", "enas_rnn.cli.train", *args, f"hydra.run.dir={tmp_path / 'cli'}"],
-        cwd=REPO, capture_output=True, text=True, env=env, timeout=300,
-    )
+        cwd=REPO, capture_output=True, text=True, env=env, )
 
 
+@pytest.mark.slow
 def test_cli_missing_data_message(tmp_path: Path) -> None:
     res = _cli(["experiment=smoke", f"data.root={tmp_path / 'nowhere'}"], tmp_path)
     assert res.returncode == 2
@@ -184,11 +185,13 @@ def test_cli_missing_data_message(tmp_path: Path) -> None:
     assert str(tmp_path / "nowhere") in res.stderr and "train.txt" in res.stderr and "download" in res.stderr
 
 
+@pytest.mark.slow
 def test_cli_typo_names_key(tmp_path: Path) -> None:
     res = _cli(["experiment=smoke", "train.lrr=3"], tmp_path)
     assert res.returncode != 0 and "lrr" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 def test_cli_smoke_on_real_ptb(ptb_root: Path, tmp_path: Path) -> None:
     res = _cli(["experiment=smoke", f"data.root={ptb_root}"], tmp_path)
     assert res.returncode == 0, res.stderr

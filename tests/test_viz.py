@@ -35,6 +35,7 @@ def test_figure_shows_live_nodes_and_outputs():
     assert {"h$_t$", "c$_t$", "x$_t$, h$_{t-1}$", "c$_{t-1}$"} <= texts  # inputs and outputs
 
 
+@pytest.mark.slow
 def test_random_cells_render(tmp_path):
     for space in ("lstm", "enas"):
         for seed in range(3):
@@ -43,6 +44,7 @@ def test_random_cells_render(tmp_path):
             assert (tmp_path / f"{space}{seed}.svg").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_draw_cell_script(tmp_path):
     out = tmp_path / "enas.png"
     res = subprocess.run(
