@@ -99,7 +99,8 @@ def fail(key: str, value: Any, valid: Any) -> ConfigError:
     return ConfigError(f"invalid config value {key}={shown!r}: valid values are {words}")
 
 
-def _dataclass_of(tp: Any) -> type | None:
+def dataclass_of(tp: Any) -> type | None:
+    """The dataclass a field holds (through Optional[...]), or None for plain values, lists and dicts."""
     if dataclasses.is_dataclass(tp):
         return tp  # type: ignore[return-value]
     for arg in typing.get_args(tp):
@@ -143,7 +144,7 @@ def check_values(cfg: Any, schema: type, prefix: str = "") -> None:
         check = f.metadata.get("rule")
         if check is not None and not check[0](_plain(value)):
             raise fail(key, _plain(value), check[1])
-        sub = _dataclass_of(hints.get(f.name))
+        sub = dataclass_of(hints.get(f.name))
         if sub is not None and value is not None and isinstance(value, (DictConfig, dict)):
             check_values(value, sub, key + ".")
             continue

@@ -44,7 +44,7 @@ from enas_rnn.checkpoint import write_text_atomic
 from enas_rnn.errors import ConfigError, TrainingDiverged, UserError
 
 __all__ = ["MARKER", "IGNORED", "TERMINAL", "Claim", "RunFolder", "RunFolderBusy", "identity_of", "diff_keys",
-           "check_resume_overrides", "LOG_FORMAT"]
+           "check_resume_overrides", "resumed_config", "LOG_FORMAT"]
 
 log = logging.getLogger(__name__)
 
@@ -403,3 +403,20 @@ def _plain(v: Any) -> Any:
     if OmegaConf.is_config(v):
         return OmegaConf.to_container(v, resolve=True, enum_to_str=True)
     return v.value if hasattr(v, "value") else v
+
+
+def resumed_config(run: RunFolder, schema: type, given: Any, overrides: Sequence[str] = (),
+                   follow: Sequence[str] = ("device",), pop: Sequence[str] = ()) -> tuple[DictConfig, dict[str, Any]]:
+    """The config a ``resume=`` continues with: the folder's own (its run.json identity, typed by ``schema``),
+    with the ``follow`` keys (the device, a progress bar, the launcher) taken from the new command. An override
+    that would change the run is refused naming both values (:func:`check_resume_overrides`); a folder that
+    holds no run of this app is one clear line. ``pop`` takes entries out of the identity before it is typed
+    (what is not a config key: a training run's genotype, a comparison's cells); they are returned beside."""
+    run.decide({}, "resume")
+    ident = dict((run.record() or {})["identity"])
+    extras = {k: ident.pop(k) for k in pop if k in ident}
+    saved = OmegaConf.merge(OmegaConf.structured(schema), ident)
+    check_resume_overrides(overrides, given, saved)
+    for key in follow:
+        OmegaConf.update(saved, key, OmegaConf.select(given, key, default=None), merge=False)
+    return saved, extras

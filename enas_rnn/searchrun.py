@@ -23,7 +23,7 @@ from enas_rnn.corpus import DataConfig
 from enas_rnn.errors import CheckpointError, ConfigError
 from enas_rnn.model import ModelConfig
 from enas_rnn.rules import check_values, rule
-from enas_rnn.runfolder import Claim, RunFolder, check_resume_overrides, identity_of
+from enas_rnn.runfolder import Claim, RunFolder, identity_of, resumed_config
 from enas_rnn.runs import DEVICE_RULE
 from enas_rnn.screen import ScreenConfig
 from enas_rnn.search import Hook, SearchConfig, SearchRun
@@ -90,13 +90,7 @@ def run_search(cfg: DictConfig, folder: str | Path, *, mode: str = "job", hook: 
     folder = Path(folder)
     run = RunFolder(folder, APP)
     if mode == "resume":
-        run.decide({}, "resume")  # no run there, or another app's: one clear line
-        record = run.record()
-        saved = restore_search_config(record or {})
-        check_resume_overrides(overrides, cfg, saved)
-        saved.train.progress = cfg.train.progress
-        saved.device = cfg.device
-        cfg = saved
+        cfg, _ = resumed_config(run, SearchRunConfig, cfg, overrides, ("device", "train.progress"))
     check_values(cfg, SearchRunConfig)
     with run.session(identity_of(cfg), mode, log_file=log_file, hydra_record=hydra_record) as claim:
         if claim == Claim.reuse:

@@ -49,7 +49,7 @@ from enas_rnn.errors import CheckpointError, ConfigError, TrainingDiverged
 from enas_rnn.genotype import Genotype, load_genotype
 from enas_rnn.model import CoreKind, ModelConfig, build_lm, count_parameters
 from enas_rnn.rules import check_values, rule
-from enas_rnn.runfolder import TERMINAL, Claim, RunFolder, check_resume_overrides, identity_of
+from enas_rnn.runfolder import TERMINAL, Claim, RunFolder, identity_of, resumed_config
 from enas_rnn.runs import DEVICE_RULE, load_splits, resolve_device, to_device, write_json
 from enas_rnn.train import LoopState, StepResult, TrainConfig, evaluate, fit, perplexity, show_progress
 
@@ -151,13 +151,9 @@ def train_lm(
     folder = Path(folder)
     run = RunFolder(folder, APP)
     if mode == "resume":
-        run.decide({}, "resume")  # no run there, or another app's: one clear line
-        record = run.record()
-        saved, genotype = restore_train_config(record or {})
-        check_resume_overrides(overrides, cfg, saved)
-        saved.train.progress = cfg.train.progress
-        saved.device = cfg.device
-        cfg = saved
+        cfg, extras = resumed_config(run, TrainRunConfig, cfg, overrides, ("device", "train.progress"), ("genotype",))
+        g = extras.get("genotype")
+        genotype = None if g is None else Genotype.from_dict(g)
     elif genotype is None:
         genotype = genotype_of(cfg)  # the config names its cell (a name or a file)
     check_values(cfg, TrainRunConfig)

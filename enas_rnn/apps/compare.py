@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from enas_rnn.comparison import CellEntry, CompareConfig, load_cells, run_compare
 from enas_rnn.genotype import Genotype
 from enas_rnn.launch import make_executor
 from enas_rnn.rules import check_values
-from enas_rnn.runfolder import Claim, RunFolder, check_resume_overrides, identity_of
+from enas_rnn.runfolder import Claim, RunFolder, identity_of, resumed_config
 
 __all__ = ["run_compare_app", "APP"]
 
@@ -35,14 +35,8 @@ def run_compare_app(cfg: DictConfig, folder: str | Path, mode: str, overrides: S
     folder = Path(folder)
     run = RunFolder(folder, APP)
     if mode == "resume":
-        run.decide({}, "resume")  # no run there, or another app's: one clear line
-        record = run.record()
-        ident = dict(record["identity"])  # type: ignore[index]
-        cells = [CellEntry(c["label"], c["spec"], Genotype.from_dict(c["genotype"])) for c in ident.pop("cells")]
-        saved = OmegaConf.merge(OmegaConf.structured(CompareConfig), ident)
-        check_resume_overrides(overrides, cfg, saved)
-        saved.device, saved.launcher = cfg.device, cfg.launcher
-        cfg = saved
+        cfg, extras = resumed_config(run, CompareConfig, cfg, overrides, ("device", "launcher"), ("cells",))
+        cells = [CellEntry(c["label"], c["spec"], Genotype.from_dict(c["genotype"])) for c in extras["cells"]]
     else:
         cells = load_cells([s for s in [cfg.cell, *cfg.extra_cells] if s])
     check_values(cfg, CompareConfig)

@@ -55,7 +55,7 @@ from enas_rnn.export import export_trained
 from enas_rnn.genotype import Genotype
 from enas_rnn.model import CoreKind, build_lm, count_parameters
 from enas_rnn.rules import check_values
-from enas_rnn.runfolder import Claim, RunFolder, check_resume_overrides, identity_of
+from enas_rnn.runfolder import Claim, RunFolder, identity_of, resumed_config
 from enas_rnn.runs import load_splits, resolve_device, strict
 from enas_rnn.stats import fmt_num, to_markdown
 from enas_rnn.train import LoopState, evaluate, fit, perplexity
@@ -313,12 +313,7 @@ def run_compress(cfg: DictConfig, run_dir: str | Path, mode: str = "job", overri
     run_dir = Path(run_dir)
     run = RunFolder(run_dir, APP)
     if mode == "resume":
-        run.decide({}, "resume")  # no run there, or another app's: one clear line
-        record = run.record()
-        saved = OmegaConf.merge(OmegaConf.structured(CompressAppConfig), dict(record["identity"]))  # type: ignore[index]
-        check_resume_overrides(overrides, cfg, saved)
-        saved.device, saved.plot = cfg.device, cfg.plot
-        cfg = saved
+        cfg, _ = resumed_config(run, CompressAppConfig, cfg, overrides, ("device", "plot"))
     validate_compress_app(cfg)
     with run.session(identity_of(cfg), mode, log_file=log_file, hydra_record=hydra_record) as claim:
         if claim == Claim.reuse:

@@ -55,7 +55,7 @@ from enas_rnn.genotype import Genotype, get_named, space_type
 from enas_rnn.launch import make_executor
 from enas_rnn.model import CoreKind
 from enas_rnn.rules import check_values
-from enas_rnn.runfolder import Claim, RunFolder, check_resume_overrides, identity_of
+from enas_rnn.runfolder import Claim, RunFolder, identity_of, resumed_config
 from enas_rnn.runs import load_splits, resolve_device, write_json
 from enas_rnn.scores.hidden_cov import hidden_cov_score
 from enas_rnn.scores.lm import ScoreCache, lm_error_hi, mrs_score_genotype, scoring_slice
@@ -413,13 +413,7 @@ def run_study(cfg: DictConfig, run_dir: str | Path, mode: str = "job", overrides
     run_dir = Path(run_dir)
     run = RunFolder(run_dir, APP)
     if mode == "resume":
-        run.decide({}, "resume")  # no run there, or another app's: one clear line
-        record = run.record()
-        saved = OmegaConf.merge(OmegaConf.structured(MRSAppConfig), dict(record["identity"]))  # type: ignore[index]
-        check_resume_overrides(overrides, cfg, saved)
-        for key in ("device", "launcher", *_STUDY_IGNORED):
-            saved[key] = cfg[key]
-        cfg = saved
+        cfg, _ = resumed_config(run, MRSAppConfig, cfg, overrides, ("device", "launcher", *_STUDY_IGNORED))
     validate_study(cfg)
     ident = {k: v for k, v in identity_of(cfg).items() if k not in _STUDY_IGNORED}
     with run.session(ident, mode, log_file=log_file, hydra_record=hydra_record) as claim:

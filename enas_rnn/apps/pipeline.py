@@ -41,7 +41,7 @@ from enas_rnn.export import export_trained
 from enas_rnn.genotype import Genotype
 from enas_rnn.launch import Executor, Job, make_executor
 from enas_rnn.rules import check_values
-from enas_rnn.runfolder import Claim, RunFolder, check_resume_overrides, identity_of
+from enas_rnn.runfolder import Claim, RunFolder, identity_of, resumed_config
 from enas_rnn.runs import vocab_size_of, write_json
 from enas_rnn.search import describe
 from enas_rnn.searchrun import SearchRunConfig, copy_search, search_job, search_outputs
@@ -172,10 +172,6 @@ def _timed(folder: RunFolder, stage: str) -> Iterator[None]:
         folder.add_seconds(stage, time.perf_counter() - t0)
 
 
-def restore_pipeline_config(record: Mapping[str, Any]) -> DictConfig:
-    return OmegaConf.merge(OmegaConf.structured(PipelineAppConfig), dict(record["identity"]))
-
-
 def run_pipeline(cfg: DictConfig, folder: str | Path, mode: str = "new", overrides: Sequence[str] = (),
                  log_file: Optional[str] = "pipeline.log", hydra_record: Optional[Mapping[str, str]] = None
                  ) -> dict[str, Any]:
@@ -185,12 +181,7 @@ def run_pipeline(cfg: DictConfig, folder: str | Path, mode: str = "new", overrid
     folder = Path(folder)
     run = RunFolder(folder, APP)
     if mode == "resume":
-        run.decide({}, "resume")  # no run there, or another app's: one clear line
-        record = run.record()
-        saved = restore_pipeline_config(record)  # type: ignore[arg-type]
-        check_resume_overrides(overrides, cfg, saved)
-        saved.device, saved.launcher = cfg.device, cfg.launcher
-        cfg = saved
+        cfg, _ = resumed_config(run, PipelineAppConfig, cfg, overrides, ("device", "launcher"))
     else:
         cfg = with_search_from(cfg)
     check_values(cfg, PipelineAppConfig)

@@ -30,6 +30,7 @@ from enas_rnn import __version__, interrupt
 from enas_rnn.conf import APP_SCHEMAS, CONFIG_MODULE, check_preset, register_configs, validate
 from enas_rnn.errors import ConfigError, UserError
 from enas_rnn.launch import check_slurm
+from enas_rnn.rules import dataclass_of
 from enas_rnn.runs import check_device, strict
 
 # Hydra reads the configs from the package enas_rnn.configs (conf/ in the source tree, package data in a
@@ -59,16 +60,6 @@ def _fields(cls: type) -> dict[str, Any]:
     return {f.name: hints.get(f.name) for f in dataclasses.fields(cls)}
 
 
-def _dataclass_of(tp: Any) -> type | None:
-    """The dataclass a field holds (through Optional[...]), or None for plain values, lists and dicts."""
-    if dataclasses.is_dataclass(tp):
-        return tp  # type: ignore[return-value]
-    for arg in typing.get_args(tp):
-        if dataclasses.is_dataclass(arg):
-            return arg  # type: ignore[return-value]
-    return None
-
-
 def _groups() -> set[str]:
     root = resources.files(CONFIG_MODULE)
     return {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("__")}
@@ -96,7 +87,7 @@ def unknown_key(schema: type, overrides: Sequence[str]) -> str | None:
                 return (f"unknown config key '{key}'{hint}: {where} has no key '{part}'; valid keys there: "
                         f"{', '.join(sorted(fields))}")
             path.append(part)
-            nxt = _dataclass_of(fields[part])
+            nxt = dataclass_of(fields[part])
             if nxt is None:
                 break
             cls = nxt
