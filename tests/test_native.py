@@ -258,3 +258,46 @@ def test_linear_cross_entropy_without_native_matches(monkeypatch: pytest.MonkeyP
     assert torch.allclose(got, ref, rtol=1e-6)
     for g, r in zip(torch.autograd.grad(got, [x, w]), torch.autograd.grad(ref, [x, w])):
         assert torch.allclose(g, r, rtol=1e-5, atol=1e-6)
+
+
+@needs_native
+@pytest.mark.parametrize("space", ["enas", "lstm"])
+def test_native_loops_do_not_depend_on_the_thread_count(space: str) -> None:
+    # H = 200, B = 100: large enough that a step's elementwise passes split their batch rows over the
+    # threads (enas_loop.cpp's kParallelFloats), with a vector tail at every row's end (200 = 12 x 16 + 8).
+    # Outputs and every gradient must be bitwise the same at 1 and 2 threads (the GEMMs included).
+    Es, Hs, Bs = 24, 200, 100
+    torch.manual_seed(0)
+    sp = make_space(space, 12 if space == "enas" else 8)
+    cell = SharedCell(sp, Es, Hs, state_clip=25.0, init_range=0.1)
+    named = get_named("enas_paper" if space == "enas" else "lstm")
+    genotypes = [named] + [g for g in (sp.sample(seed) for seed in range(8)) if cell.plan(g).keys][:3]
+    gen = torch.Generator().manual_seed(1)
+    cases = []
+    for i, g in enumerate(genotypes):
+        x, h0, c0 = torch.randn(4, Bs, Es, generator=gen), torch.randn(Bs, Hs, generator=gen), torch.randn(Bs, Hs, generator=gen)
+        mask = (torch.rand(Bs, Hs, generator=gen) > 0.3).float() / 0.7 if i % 2 else None
+        cases.append((g, x, h0, c0 if space == "lstm" else torch.zeros_like(h0), mask))
+
+    def run(g: Genotype, x: Tensor, h0: Tensor, c0: Tensor, mask: Tensor | None) -> list[Tensor]:
+        kind, plan = cell.kind, cell.plan(g)
+        xs, h, c = (t.clone().requires_grad_(True) for t in (x, h0, c0))
+        weights = kind.gather(plan, cell.banks(), cell.rows(plan.keys), Es, Hs)
+        leaves = [weights[0], weights[1], *weights[2]] if space == "enas" else list(weights)
+        out, (h_t, c_t) = kind.run(plan, weights, xs, (h, c), mask, cell.state_clip)
+        loss = (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum() + (h_t ** 2).sum() + (c_t * 0.3).sum()
+        wrt = [xs, h, *leaves] + ([c] if space == "lstm" else [])
+        with torch.no_grad():  # the loop without autograd (its own code path: no states kept)
+            out_ng = kind.run(plan, weights, x, (h0, c0), mask, cell.state_clip)[0]
+        return [out.detach(), out_ng, *torch.autograd.grad(loss, wrt)]
+
+    before = torch.get_num_threads()
+    try:
+        got = {}
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            got[n] = [run(*case) for case in cases]
+    finally:
+        torch.set_num_threads(before)
+    for one, two in zip(got[1], got[2]):
+        assert len(one) == len(two) and all(torch.isfinite(a).all() and torch.equal(a, b) for a, b in zip(one, two))

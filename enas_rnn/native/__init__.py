@@ -33,11 +33,22 @@ _SOURCE = Path(__file__).with_name("enas_loop.cpp")
 # -march=native: the vectorised activations (at::vec) pick AVX2 / AVX-512 from the compiler's target;
 # the build is made on, and cached for, the machine that runs it.
 _CFLAGS = ("-O3", "-march=native")
+# -fopenmp: the loops' elementwise passes and the loss's softmax rows split over torch's intra-op threads
+# with at::parallel_for, and that header runs the whole range on the calling thread when the including
+# code is compiled without OpenMP. Linked so, the extension uses the libgomp torch has already loaded
+# (same soname): one thread pool, sized by torch.set_num_threads. Without it (a compiler with no OpenMP
+# runtime) the build is retried without: the same numbers, those passes on one thread.
+_OPENMP = ("-fopenmp",)
 _STALE_LOCK_S = 600.0
 _state: dict[str, Any] = {"tried": False, "ok": False, "reason": None}
 
 
-def _build_dir() -> Path:
+def _flags(openmp: bool) -> tuple[list[str], list[str]]:
+    """(compiler flags, linker flags) of a build with or without OpenMP."""
+    return list(_CFLAGS) + (list(_OPENMP) if openmp else []), list(_OPENMP) if openmp else []
+
+
+def _build_dir(openmp: bool = True) -> Path:
     """The cache folder of this build: keyed by the source (its text and where it lies: the compile command
     names the path), the flags, torch's version and the interpreter.
 
@@ -46,7 +57,8 @@ def _build_dir() -> Path:
     the other one ran last)."""
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "torch_extensions")
     key = hashlib.sha1()
-    for part in (_SOURCE.read_bytes(), str(_SOURCE.resolve()).encode(), " ".join(_CFLAGS).encode(),
+    cflags, ldflags = _flags(openmp)
+    for part in (_SOURCE.read_bytes(), str(_SOURCE.resolve()).encode(), " ".join(cflags + ["|"] + ldflags).encode(),
                  torch.__version__.encode(), sys.prefix.encode(), sys.version.encode()):
         key.update(part)
         key.update(b"\0")
@@ -60,9 +72,20 @@ def _is_built(build: Path) -> bool:
 
 
 def _build() -> None:
+    try:
+        _build_with(openmp=True)
+    except Exception as e:  # e.g. clang without libomp: build without OpenMP rather than fall back to PyTorch
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        log.warning("enas_rnn: building the native loops with OpenMP failed (%s); building without it "
+                    "(same numbers; their elementwise passes then run on one thread)", first)
+        _build_with(openmp=False)
+
+
+def _build_with(openmp: bool) -> None:
     from torch.utils.cpp_extension import load
 
-    build = _build_dir()
+    build = _build_dir(openmp)
+    cflags, ldflags = _flags(openmp)
     build.mkdir(parents=True, exist_ok=True)
     lock = build / "lock"
     # A build killed midway leaves its lock behind and the next load would wait for it forever; a
@@ -77,7 +100,8 @@ def _build() -> None:
         name="enas_rnn_native",
         sources=[str(_SOURCE)],
         build_directory=str(build),
-        extra_cflags=list(_CFLAGS),
+        extra_cflags=cflags,
+        extra_ldflags=ldflags,
         is_python_module=False,
         verbose=False,
     )

@@ -80,6 +80,21 @@ void mul(const float* a, const float* b, float* y, int64_t n) {
   }
 }
 
+// The elementwise passes of a time step run over batch rows split across torch's intra-op threads
+// (at::parallel_for) once a pass has at least this many floats: below it the fork costs more than it
+// saves (H = 256, B = 32: a node's pass is 8,192 floats and stays on the calling thread). Every float
+// is computed by the same vector code whichever thread runs its row, and a row's own order (e.g. the
+// children's sum into their parent's gradient) is kept, so results are identical for any thread
+// count and split; only the GEMMs between the passes were threaded before (by the BLAS).
+constexpr int64_t kParallelFloats = 16384;
+
+// f(b0, b1) over the rows [0, B) of a pass with row_floats floats per row.
+template <typename F>
+inline void over_rows(int64_t B, int64_t row_floats, const F& f) {
+  const int64_t grain = std::max<int64_t>(1, (kParallelFloats + row_floats - 1) / std::max<int64_t>(row_floats, 1));
+  at::parallel_for(0, B, grain, f);
+}
+
 // Activation codes; keep in sync with enas_rnn/native/__init__.py::ACT_CODES.
 enum Act : int64_t { IDENTITY = 0, TANH = 1, SIGMOID = 2, RELU = 3, RELU_CLIP = 4, CLIP = 5 };
 
@@ -301,18 +316,19 @@ void loop_forward(const at::Tensor& xp, const at::Tensor& h0, const c10::optiona
   for (int64_t t = 0; t < T; ++t) {
     // Node 1: [B, 2H] = xp_t + (h * mask) @ w1, gate | candidate.
     const float* hp = t > 0 ? o + (t - 1) * BH : h0p;
-    const float* h_in = hp;
-    if (mp != nullptr) {
-      mul(hp, mp, hm, BH);
-      h_in = hm;
-    }
+    const float* h_in = mp != nullptr ? hm : hp;
     float* g1 = keep ? p1 + t * B * 2 * H : G1.data_ptr<float>();
-    std::memcpy(g1, xpp + t * B * 2 * H, sizeof(float) * B * 2 * H);
+    over_rows(B, 3 * H, [&](int64_t b0, int64_t b1) {
+      if (mp != nullptr) mul(hp + b0 * H, mp + b0 * H, hm + b0 * H, (b1 - b0) * H);
+      std::memcpy(g1 + b0 * 2 * H, xpp + (t * B + b0) * 2 * H, sizeof(float) * (b1 - b0) * 2 * H);
+    });
     gemm(B, 2 * H, H, h_in, H, w1p, 2 * H, 1.0f, g1, 2 * H);
     {
       float* s = state(0, t);
-      for (int64_t b = 0; b < B; ++b)
-        plan.fns[0].fwd(g1 + b * 2 * H, g1 + b * 2 * H + H, hp + b * H, s + b * H, H, clip, keep);
+      over_rows(B, 2 * H, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b)
+          plan.fns[0].fwd(g1 + b * 2 * H, g1 + b * 2 * H + H, hp + b * H, s + b * H, H, clip, keep);
+      });
     }
     for (size_t gi = 0; gi < groups.size(); ++gi) {
       const Group& grp = groups[gi];
@@ -321,23 +337,28 @@ void loop_forward(const at::Tensor& xp, const at::Tensor& h0, const c10::optiona
       const float* sp = state(grp.parent_slot, t);
       // [B, H] x [H, 2kH] -> [B, 2, k, H]: gates of the k children | their candidates
       gemm(B, 2 * k * H, H, sp, H, wp[gi], 2 * k * H, 0.0f, gp, 2 * k * H);
-      for (int64_t j = 0; j < k; ++j) {
-        float* s = state(grp.first + j, t);
-        const auto fwd = plan.fns[grp.first + j].fwd;
-        for (int64_t b = 0; b < B; ++b)
-          fwd(gp + (b * 2 * k + j) * H, gp + (b * 2 * k + k + j) * H, sp + b * H, s + b * H, H, clip, keep);
-      }
+      over_rows(B, 2 * k * H, [&](int64_t b0, int64_t b1) {
+        for (int64_t j = 0; j < k; ++j) {
+          float* s = state(grp.first + j, t);
+          const auto fwd = plan.fns[grp.first + j].fwd;
+          for (int64_t b = b0; b < b1; ++b)
+            fwd(gp + (b * 2 * k + j) * H, gp + (b * 2 * k + k + j) * H, sp + b * H, s + b * H, H, clip, keep);
+        }
+      });
     }
     // h_t = mean of the loose ends (Pham et al. 2018, Sec. 2.1), summed in node order.
     float* ot = o + t * BH;
-    const float* l0 = state(loose[0], t);
-    for (int64_t i = 0; i < BH; i += W) {
-      const int64_t m = std::min(W, BH - i);
-      Vec acc = Vec::loadu(l0 + i, m);
-      for (size_t l = 1; l < loose.size(); ++l) acc = acc + Vec::loadu(state(loose[l], t) + i, m);
-      if (loose.size() > 1) acc = acc * Vec(inv_loose);
-      acc.store(ot + i, m);
-    }
+    std::vector<const float*> ls;
+    for (auto l : loose) ls.push_back(state(l, t));
+    over_rows(B, static_cast<int64_t>(loose.size()) * H, [&](int64_t b0, int64_t b1) {
+      for (int64_t i = b0 * H; i < b1 * H; i += W) {
+        const int64_t m = std::min(W, b1 * H - i);
+        Vec acc = Vec::loadu(ls[0] + i, m);
+        for (size_t l = 1; l < ls.size(); ++l) acc = acc + Vec::loadu(ls[l] + i, m);
+        if (ls.size() > 1) acc = acc * Vec(inv_loose);
+        acc.store(ot + i, m);
+      }
+    });
   }
 }
 
@@ -390,37 +411,45 @@ at::Tensor loop_backward(const at::Tensor& d_out_in, const at::Tensor& h0, const
   const int64_t W = Vec::size();
   const float inv_loose = 1.0f / static_cast<float>(loose.size());
   for (int64_t t = T - 1; t >= 0; --t) {
-    for (int64_t i = 0; i < BH; i += W) {  // dL/dh_t; every loose end gets it / (number of loose ends)
-      const int64_t m = std::min(W, BH - i);
-      Vec v = Vec::loadu(d_h + i, m) + Vec::loadu(dop + t * BH + i, m);
-      if (loose.size() > 1) v = v * Vec(inv_loose);
-      for (auto l : loose) v.store(ds + l * BH + i, m);
-    }
+    over_rows(B, static_cast<int64_t>(1 + loose.size()) * H, [&](int64_t b0, int64_t b1) {
+      for (int64_t i = b0 * H; i < b1 * H; i += W) {  // dL/dh_t; every loose end gets it / (number of loose ends)
+        const int64_t m = std::min(W, b1 * H - i);
+        Vec v = Vec::loadu(d_h + i, m) + Vec::loadu(dop + t * BH + i, m);
+        if (loose.size() > 1) v = v * Vec(inv_loose);
+        for (auto l : loose) v.store(ds + l * BH + i, m);
+      }
+    });
     for (int64_t gi = static_cast<int64_t>(groups.size()) - 1; gi >= 0; --gi) {  // children before parents
       const Group& grp = groups[gi];
       const int64_t k = grp.k;
       float* gp = pp[gi] + t * B * 2 * k * H;  // [B, 2kH] = [B, 2, k, H]
       const float* sp = s + (grp.parent_slot * T + t) * BH;
       float* dp = ds + grp.parent_slot * BH;
-      for (int64_t j = 0; j < k; ++j) {
-        const auto bwd = plan.fns[grp.first + j].bwd;
-        const float* dc = ds + (grp.first + j) * BH;
-        for (int64_t b = 0; b < B; ++b)
-          bwd(gp + (b * 2 * k + j) * H, gp + (b * 2 * k + k + j) * H, sp + b * H, dc + b * H, dp + b * H, H, clip, j > 0);
-      }
+      over_rows(B, 2 * k * H, [&](int64_t b0, int64_t b1) {
+        for (int64_t j = 0; j < k; ++j) {  // j ascending on every row: the children's sum keeps its order
+          const auto bwd = plan.fns[grp.first + j].bwd;
+          const float* dc = ds + (grp.first + j) * BH;
+          for (int64_t b = b0; b < b1; ++b)
+            bwd(gp + (b * 2 * k + j) * H, gp + (b * 2 * k + k + j) * H, sp + b * H, dc + b * H, dp + b * H, H, clip, j > 0);
+        }
+      });
       // dL/ds_p += [dc | dh~] @ W^T: [B, 2kH] x [2kH, H]
       gemm(B, H, 2 * k * H, gp, 2 * k * H, wtp[gi], H, 1.0f, dp, H);
     }
     float* gp = p1 + t * B * 2 * H;  // [B, 2H]
     const float* hp = t > 0 ? o + (t - 1) * BH : h0p;  // node 1's parent: h_{t-1}
-    for (int64_t b = 0; b < B; ++b)
-      plan.fns[0].bwd(gp + b * 2 * H, gp + b * 2 * H + H, hp + b * H, ds + b * H, d_next + b * H, H, clip, false);
+    over_rows(B, 2 * H, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        plan.fns[0].bwd(gp + b * 2 * H, gp + b * 2 * H + H, hp + b * H, ds + b * H, d_next + b * H, H, clip, false);
+    });
     if (mp != nullptr) {  // h_in = h * mask: dL/dh += (dPre @ w1^T) * mask
       gemm(B, H, 2 * H, gp, 2 * H, w1tp, H, 0.0f, tmp, H);
-      for (int64_t i = 0; i < BH; i += W) {
-        const int64_t m = std::min(W, BH - i);
-        (Vec::loadu(d_next + i, m) + Vec::loadu(tmp + i, m) * Vec::loadu(mp + i, m)).store(d_next + i, m);
-      }
+      over_rows(B, 3 * H, [&](int64_t b0, int64_t b1) {
+        for (int64_t i = b0 * H; i < b1 * H; i += W) {
+          const int64_t m = std::min(W, b1 * H - i);
+          (Vec::loadu(d_next + i, m) + Vec::loadu(tmp + i, m) * Vec::loadu(mp + i, m)).store(d_next + i, m);
+        }
+      });
     } else {
       gemm(B, H, 2 * H, gp, 2 * H, w1tp, H, 1.0f, d_next, H);
     }
@@ -532,40 +561,42 @@ void lstm_forward(const at::Tensor& xp, const at::Tensor& h0, const at::Tensor& 
   const float* c_prev = c0.data_ptr<float>();
   for (int64_t t = 0; t < T; ++t) {
     float* R = keep ? rk + t * num_regs * BH : scratch.data_ptr<float>();
-    if (R != c_prev) std::memmove(R, c_prev, sizeof(float) * BH);  // register 0 = c_{t-1}
+    const bool load_c = R != c_prev;  // register 0 = c_{t-1}
     const float* hp = t > 0 ? o + (t - 1) * BH : h0p;
-    const float* h_in = hp;
-    if (mp != nullptr) {
-      mul(hp, mp, hm, BH);
-      h_in = hm;
-    }
+    const float* h_in = mp != nullptr ? hm : hp;
+    over_rows(B, (2 + k) * H, [&](int64_t b0, int64_t b1) {
+      const int64_t i0 = b0 * H, n = (b1 - b0) * H;
+      if (load_c) std::memmove(R + i0, c_prev + i0, sizeof(float) * n);
+      if (mp != nullptr) mul(hp + i0, mp + i0, hm + i0, n);
+      std::memcpy(G + b0 * k * H, xpp + (t * B + b0) * k * H, sizeof(float) * n * k);
+    });
     // [B, kH] = xp_t + h_in @ W_rec: the h_{t-1} part of all k live maps in one GEMM.
-    std::memcpy(G, xpp + t * B * k * H, sizeof(float) * B * k * H);
     gemm(B, k * H, H, h_in, H, wp, k * H, 1.0f, G, k * H);
-    for (int64_t j = 0; j < k; ++j)
-      for (int64_t b = 0; b < B; ++b) act_any(slot_acts[j], G + (b * k + j) * H, R + (1 + j) * BH + b * H, H, clip);
-    for (const Row& r : rows) {
-      float* d = R + r.dst * BH;
-      const float* a = R + r.a * BH;
-      if (r.op == ADD || r.op == MUL) {
-        const float* bb = R + r.b * BH;
-        const int64_t W = Vec::size();
-        for (int64_t i = 0; i < BH; i += W) {
-          const int64_t m = std::min(W, BH - i);
-          const Vec x = Vec::loadu(a + i, m), y = Vec::loadu(bb + i, m);
-          (r.op == ADD ? x + y : x * y).store(d + i, m);
+    // The step's whole register program, row by row of the batch (every register is elementwise).
+    over_rows(B, (k + static_cast<int64_t>(rows.size()) + 2) * H, [&](int64_t b0, int64_t b1) {
+      const int64_t i0 = b0 * H, n = (b1 - b0) * H;
+      for (int64_t j = 0; j < k; ++j)
+        for (int64_t b = b0; b < b1; ++b) act_any(slot_acts[j], G + (b * k + j) * H, R + (1 + j) * BH + b * H, H, clip);
+      for (const Row& r : rows) {
+        float* d = R + r.dst * BH + i0;
+        const float* a = R + r.a * BH + i0;
+        if (r.op == ADD || r.op == MUL) {
+          const float* bb = R + r.b * BH + i0;
+          const int64_t W = Vec::size();
+          for (int64_t i = 0; i < n; i += W) {
+            const int64_t m = std::min(W, n - i);
+            const Vec x = Vec::loadu(a + i, m), y = Vec::loadu(bb + i, m);
+            (r.op == ADD ? x + y : x * y).store(d + i, m);
+          }
+        } else {
+          act_any(r.op, a, d, n, clip);
         }
-      } else {
-        act_any(r.op, a, d, BH, clip);
       }
-    }
-    std::memcpy(o + t * BH, R + h_reg * BH, sizeof(float) * BH);
-    if (keep) {
-      c_prev = R + c_reg * BH;
-    } else {  // the next step overwrites the registers: keep c_t in register 0's place first
-      std::memmove(R, R + c_reg * BH, sizeof(float) * BH);
-      c_prev = R;
-    }
+      std::memcpy(o + t * BH + i0, R + h_reg * BH + i0, sizeof(float) * n);
+      // without keep the next step overwrites the registers: keep c_t in register 0's place first
+      if (!keep) std::memmove(R + i0, R + c_reg * BH + i0, sizeof(float) * n);
+    });
+    c_prev = keep ? R + c_reg * BH : R;
   }
   std::memcpy(c_last.data_ptr<float>(), c_prev, sizeof(float) * BH);
 }
@@ -602,36 +633,41 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& d_out_in, const at::Tens
   const int64_t W = Vec::size();
   for (int64_t t = T - 1; t >= 0; --t) {
     const float* Rt = rp + t * num_regs * BH;
-    std::memset(dR, 0, sizeof(float) * num_regs * BH);  // a register may be read by several rows
-    for (int64_t i = 0; i < BH; i += W) {
-      const int64_t m = std::min(W, BH - i);
-      (Vec::loadu(dh + i, m) + Vec::loadu(dop + t * BH + i, m) + Vec::loadu(dR + h_reg * BH + i, m)).store(dR + h_reg * BH + i, m);
-      (Vec::loadu(dc + i, m) + Vec::loadu(dR + c_reg * BH + i, m)).store(dR + c_reg * BH + i, m);
-    }
-    for (auto it = rows.rbegin(); it != rows.rend(); ++it) {
-      const Row& r = *it;
-      const float* g = dR + r.dst * BH;
-      if (r.op == ADD || r.op == MUL) {
-        float *da = dR + r.a * BH, *db = dR + r.b * BH;
-        const float *a = Rt + r.a * BH, *bb = Rt + r.b * BH;
-        for (int64_t i = 0; i < BH; i += W) {  // a == b works: the two updates run one after the other
-          const int64_t m = std::min(W, BH - i);
-          const Vec d = Vec::loadu(g + i, m);
-          (Vec::loadu(da + i, m) + (r.op == ADD ? d : d * Vec::loadu(bb + i, m))).store(da + i, m);
-          (Vec::loadu(db + i, m) + (r.op == ADD ? d : d * Vec::loadu(a + i, m))).store(db + i, m);
-        }
-      } else {
-        act_grad_any(r.op, g, Rt + r.dst * BH, dR + r.a * BH, BH, clip, true);
-      }
-    }
-    std::memcpy(dc, dR, sizeof(float) * BH);  // dL/dc_{t-1}
     float* dpt = dp + t * B * k * H;  // [B, kH]
-    for (int64_t j = 0; j < k; ++j)
-      for (int64_t b = 0; b < B; ++b)
-        act_grad_any(slot_acts[j], dR + (1 + j) * BH + b * H, Rt + (1 + j) * BH + b * H, dpt + (b * k + j) * H, H, clip, false);
+    // The step's reverse program, row by row of the batch (every register is elementwise).
+    over_rows(B, (2 * num_regs + k) * H, [&](int64_t b0, int64_t b1) {
+      const int64_t i0 = b0 * H, n = (b1 - b0) * H;
+      for (int64_t r = 0; r < num_regs; ++r)  // a register may be read by several rows
+        std::memset(dR + r * BH + i0, 0, sizeof(float) * n);
+      for (int64_t i = i0; i < i0 + n; i += W) {
+        const int64_t m = std::min(W, i0 + n - i);
+        (Vec::loadu(dh + i, m) + Vec::loadu(dop + t * BH + i, m) + Vec::loadu(dR + h_reg * BH + i, m)).store(dR + h_reg * BH + i, m);
+        (Vec::loadu(dc + i, m) + Vec::loadu(dR + c_reg * BH + i, m)).store(dR + c_reg * BH + i, m);
+      }
+      for (auto it = rows.rbegin(); it != rows.rend(); ++it) {
+        const Row& r = *it;
+        const float* g = dR + r.dst * BH + i0;
+        if (r.op == ADD || r.op == MUL) {
+          float *da = dR + r.a * BH + i0, *db = dR + r.b * BH + i0;
+          const float *a = Rt + r.a * BH + i0, *bb = Rt + r.b * BH + i0;
+          for (int64_t i = 0; i < n; i += W) {  // a == b works: the two updates run one after the other
+            const int64_t m = std::min(W, n - i);
+            const Vec d = Vec::loadu(g + i, m);
+            (Vec::loadu(da + i, m) + (r.op == ADD ? d : d * Vec::loadu(bb + i, m))).store(da + i, m);
+            (Vec::loadu(db + i, m) + (r.op == ADD ? d : d * Vec::loadu(a + i, m))).store(db + i, m);
+          }
+        } else {
+          act_grad_any(r.op, g, Rt + r.dst * BH + i0, dR + r.a * BH + i0, n, clip, true);
+        }
+      }
+      std::memcpy(dc + i0, dR + i0, sizeof(float) * n);  // dL/dc_{t-1}
+      for (int64_t j = 0; j < k; ++j)
+        for (int64_t b = b0; b < b1; ++b)
+          act_grad_any(slot_acts[j], dR + (1 + j) * BH + b * H, Rt + (1 + j) * BH + b * H, dpt + (b * k + j) * H, H, clip, false);
+    });
     if (mp != nullptr) {  // dL/dh_{t-1} = (dPre_t @ W_rec^T) * mask
       gemm(B, H, k * H, dpt, k * H, wtp, H, 0.0f, tmp, H);
-      mul(tmp, mp, dh, BH);
+      over_rows(B, 3 * H, [&](int64_t b0, int64_t b1) { mul(tmp + b0 * H, mp + b0 * H, dh + b0 * H, (b1 - b0) * H); });
     } else {
       gemm(B, H, k * H, dpt, k * H, wtp, H, 0.0f, dh, H);
     }
