@@ -133,14 +133,37 @@ def main() -> None:
     ap.add_argument("--max-expansions", type=int, default=20_000, help="graph edit distance search cap per call")
     ap.add_argument("--out", default=str(REPO / "docs" / "results" / "oracle" / "oracle.json"))
     ap.add_argument("--png", default=str(REPO / "docs" / "oracle_distance.png"))
+    ap.add_argument("--templates", default=",".join(t for _, _, t in SPACES),
+                    help="the lstm-space templates to run (comma-separated); with --keep-others the --out file's "
+                         "results for the other templates are kept, each with the commit it was measured at")
+    ap.add_argument("--keep-others", action="store_true")
+    ap.add_argument("--table", action="store_true", help="only print the table of the --out file")
     args = ap.parse_args()
+    if args.table:
+        print(table(json.loads(Path(args.out).read_text())["results"], json.loads(Path(args.out).read_text())["steps"]))
+        return
+    chosen = [t.strip() for t in args.templates.split(",") if t.strip()]
+    unknown = sorted(set(chosen) - {t for _, _, t in SPACES})
+    if unknown:
+        raise SystemExit(f"unknown template(s) {', '.join(unknown)}: valid are {', '.join(t for _, _, t in SPACES)}")
+    commit = _commit()
     torch.set_num_threads(1)
     search = OmegaConf.load(REPO / "conf" / "search" / "enas.yaml")
     rcfg = ReinforceConfig(float(search.entropy_weight), float(search.baseline_decay), float(search.controller_lr),
                            search.controller_clip)
     results: list[dict[str, Any]] = []
     t_start = time.process_time()
+    kept: list[dict[str, Any]] = []
+    if args.keep_others and Path(args.out).is_file():
+        old = json.loads(Path(args.out).read_text())
+        if (old["steps"], old["seeds"], old["window"], old["max_expansions"]) != (
+                args.steps, args.seeds, args.window, args.max_expansions):
+            raise SystemExit(f"{args.out} was made with other --steps/--seeds/--window/--max-expansions: "
+                             "rerun every template, or pass the same values")
+        kept = [r for r in old["results"] if r["template"] not in chosen]
     for name, nodes, template in SPACES:
+        if template not in chosen:
+            continue
         space = make_space(name, nodes, template)
         targets = {"lstm": get_named("lstm"),
                    "random": space.sample(torch.Generator().manual_seed(TARGET_SEED), accept=lambda g: not g.is_degenerate())}
@@ -162,6 +185,7 @@ def main() -> None:
                     "target_genotype": target.to_dict(), "target_distance_to_lstm":
                         graph_edit_distance(target, get_named("lstm"), args.max_expansions).value,
                     "method": method, "runs": runs, "distance_calls": dist.calls, "cpu_s": round(cpu, 1),
+                    "commit": commit,
                     "mean_window_mean": [round(statistics.mean(r["window_mean"][k] for r in runs), 3)
                                          for k in range(len(runs[0]["window_mean"]))],
                     "mean_window_min": [round(statistics.mean(r["window_min"][k] for r in runs), 3)
@@ -178,19 +202,31 @@ def main() -> None:
                       "controller_lr": rcfg.controller_lr},
         "controller": vars(ControllerConfig()),
         "cpu_s": round(time.process_time() - t_start, 1),
-        "results": results,
+        "results": sorted(kept + results, key=lambda r: ([t for _, _, t in SPACES].index(r["template"]),
+                                                         r["target"] != "lstm", r["method"] != "controller")),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, allow_nan=False, indent=1) + "\n")
-    plot(results, args, Path(args.png))
-    print(table(results, args.steps))
+    plot(doc["results"], args, Path(args.png))
+    print(table(doc["results"], args.steps))
+
+
+def _commit() -> str | None:
+    """The checkout's commit (short), so a file that mixes runs says what each was measured with."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    except OSError:
+        return None
+    return out.stdout.strip() or None
 
 
 def table(results: list[dict[str, Any]], steps: int) -> str:
     """The markdown table of the study."""
-    lines = ["| space | target (d to LSTM) | method | first hit per seed | hits | min d | final mean d | inexact |",
-             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |"]
+    lines = ["| space | target (d to LSTM) | method | first hit per seed | hits | min d | final mean d | inexact | commit |",
+             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]
     for r in results:
         runs = r["runs"]
         first = ", ".join(str(x["first_hit_step"]) if x["first_hit_step"] else f"not within {steps}" for x in runs)
@@ -198,7 +234,7 @@ def table(results: list[dict[str, Any]], steps: int) -> str:
         lines.append(f"| {space} | {r['target']} ({r['target_distance_to_lstm']}) | {r['method']} | {first} | "
                      f"{sum(x['hits'] for x in runs)} | {min(x['min_distance'] for x in runs)} | "
                      f"{statistics.mean(x['final_mean_distance'] for x in runs):.2f} | "
-                     f"{sum(x['inexact'] for x in runs)} |")
+                     f"{sum(x['inexact'] for x in runs)} | {r.get('commit') or '?'} |")
     return "\n".join(lines)
 
 
