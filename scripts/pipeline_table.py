@@ -50,16 +50,18 @@ def arm_of(m: dict) -> str:
     c = m.get("config") or {}
     space = _get(c, "space.name", "?") + ("+" + _get(c, "space.template") if _get(c, "space.template", "none")
                                           not in ("none", None) else "")
-    parts = [space, _get(c, "search.strategy", "?"), _get(c, "select.strategy", "?")]
+    parts = [f"{space} space", f"{_get(c, 'search.strategy', '?')} search", _get(c, "select.strategy", "?")]
     if _get(c, "select.prescreen", "none") != "none":
         parts.append("prescreen=" + _get(c, "select.prescreen"))
     for key, default in (("search.unbounded", "off"), ("search.degenerate", "mask")):
         if _get(c, key, default) != default:
-            parts.append(f"{key.split('.')[-1]}={_get(c, key)}")
+            parts.append(f"{key}={_get(c, key)}")
+    if _get(c, "search.skip_exploding", False):
+        parts.append("search.skip_exploding=true")
     if _get(c, "shared_train.lr", 20.0) != 20.0:
-        parts.append(f"shared lr {_get(c, 'shared_train.lr'):g}")
+        parts.append(f"shared_train.lr={_get(c, 'shared_train.lr'):g}")
     if _get(c, "supernet.state_clip", 25.0) != 25.0:
-        parts.append(f"supernet clip {_get(c, 'supernet.state_clip')}")
+        parts.append(f"supernet.state_clip={_get(c, 'supernet.state_clip')}")
     return ", ".join(parts)
 
 
