@@ -225,7 +225,13 @@ def shared_variants(c: BenchConfig, cfg: DictConfig, run_dir: Path) -> tuple[lis
     def shared_step() -> None:
         if run.loop.pos + T + 1 >= run.splits.train.size(0):
             run.loop.pos = 0
+        # shared_phase continues the epoch where it stopped (a resumed search must not redo windows), so each
+        # timed call starts a fresh phase of one window; a call that trained nothing would time nothing.
+        run.state.shared_done = 0
+        before = run.loop.step
         run.shared_phase()
+        if run.loop.step == before:
+            raise RuntimeError("bench_shared: the shared step trained no window (SearchRun.shared_phase changed?)")
 
     Tv, Bv = int(cfg.data.bptt), int(cfg.data.eval_batch_size)
     return [
