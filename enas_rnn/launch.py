@@ -100,6 +100,7 @@ class Handle:
     _done: bool = False
     _sub: Any = None  # the submitit job, for local and slurm
     _threads: int = 1
+    _owner: Any = None  # the Executor that queued it: waiting on a queued job must start it when a slot frees
 
     def done(self) -> bool:
         if not self._done and self._sub is not None and self._sub.done():
@@ -122,6 +123,10 @@ class Handle:
         while not self.done():
             if interrupt.requested():
                 raise KeyboardInterrupt  # the caller cancels the running jobs (they checkpoint)
+            if self._owner is not None:
+                # A job still in the queue has no process yet: only the executor's poll starts it (as a slot
+                # frees). Without this, waiting on it while every slot is busy would wait for ever.
+                self._owner.poll()
             time.sleep(_POLL_S)
         if self._error is not None:
             raise JobsFailed(f"job {self.job.name} failed (folder {self.job.folder}): {self._error}")
@@ -167,6 +172,7 @@ class Executor:
         if not self.parallel:
             handle._value, handle._done = job.fn(*job.args), True
             return handle
+        handle._owner = self
         self._queue.append(handle)
         self.poll()
         return handle

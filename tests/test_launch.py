@@ -43,6 +43,17 @@ def test_local_runs_processes_and_reports_a_failed_job(tmp_path: Path) -> None:
     assert (tmp_path / ".submitit").is_dir()  # the jobs' own logs
 
 
+@pytest.mark.slow
+def test_waiting_on_a_queued_job_starts_it_when_a_slot_frees(tmp_path: Path) -> None:
+    # One slot: the second job waits in the queue. Its result() alone (no wait()/run() around it) must start
+    # it once the first has finished - the pipeline waits on its search this way while baselines run.
+    ex = make_executor(launcher(name="local", jobs=1), tmp_path)
+    first = ex.submit(Job("a", tmp_path / "a", math.factorial, (5,)))
+    second = ex.submit(Job("b", tmp_path / "b", math.factorial, (6,)))
+    assert second._sub is None  # queued, no process yet
+    assert second.result() == 720 and first.result() == 120
+
+
 def test_more_jobs_than_cores_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     make_executor(launcher(name="local", jobs=cpu_count() + 3), tmp_path)
     assert "more than this machine's" in caplog.text
