@@ -11,7 +11,7 @@ from torch import nn
 from enas_rnn.cells import CellConfig, FixedCell, SharedCell, build_cell
 from enas_rnn.genotype import Genotype, GenotypeError, get_named
 from enas_rnn.spaces import ENASSpace, make_space
-from enas_rnn.spaces.lstm import copy_from_nn_lstm
+from enas_rnn.spaces.lstm import copy_from_nn_lstm, nn_lstm_gates
 
 E, H, B = 6, 8, 3  # E != H catches transposed weights
 
@@ -100,14 +100,15 @@ def _row_grad(cell, name: str, r: int) -> torch.Tensor:
     return bank[r].grad
 
 
-def _check_lstm_equivalence(cell, lstm: nn.LSTM) -> None:
+def _check_lstm_equivalence(cell, lstm: nn.LSTM, genotype: Genotype | None = None) -> None:
+    genotype = genotype or get_named("lstm")
     x = _x(T=25)
     x2 = x.detach().clone().requires_grad_(True)
     h0, c0 = (t.requires_grad_(True) for t in _hidden())
     h0b, c0b = (t.detach().clone().requires_grad_(True) for t in (h0, c0))
 
     out_ref, (h_ref, c_ref) = lstm(x, (h0[None], c0[None]))
-    out, (h, c) = cell(x2, (h0b, c0b), get_named("lstm"))
+    out, (h, c) = cell(x2, (h0b, c0b), genotype)
     torch.testing.assert_close(out, out_ref, atol=1e-5, rtol=0)
     torch.testing.assert_close(h, h_ref[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(c, c_ref[0], atol=1e-5, rtol=0)
@@ -119,7 +120,8 @@ def _check_lstm_equivalence(cell, lstm: nn.LSTM) -> None:
     torch.testing.assert_close(x2.grad, x.grad, atol=1e-5, rtol=0)
     torch.testing.assert_close(h0b.grad, h0.grad, atol=1e-5, rtol=0)
     torch.testing.assert_close(c0b.grad, c0.grad, atol=1e-5, rtol=0)
-    for k, (_, key) in enumerate([(0, (1, 0)), (1, (2, 1)), (2, (1, 1)), (3, (4, 1))]):  # i, f, g, o
+    gates = nn_lstm_gates(genotype)
+    for k, key in enumerate(gates[name] for name in "ifgo"):  # nn.LSTM's gate order
         (r,) = cell.rows([key])
         rows = slice(k * H, (k + 1) * H)
         torch.testing.assert_close(_row_grad(cell, "w_x", r).t(), lstm.weight_ih_l0.grad[rows], atol=1e-5, rtol=0)
@@ -142,6 +144,21 @@ def test_shared_cell_reproduces_nn_lstm():
     _check_lstm_equivalence(cell, lstm)
 
 
+def test_the_gates_templates_lstm_reproduces_nn_lstm():
+    """template=gates spells the LSTM on the last four nodes: the same function as nn.LSTM, fixed and shared."""
+    g = make_space("lstm", 8, "gates").decode([0] * 23)
+    assert g.canonical() == get_named("lstm").canonical() and g.outputs == {"h": "n8", "c": "n7"}
+    assert nn_lstm_gates(g) == {"o": (8, 1), "f": (6, 1), "i": (5, 0), "g": (5, 1)}
+    lstm = _nn_lstm(4)
+    fixed = FixedCell(g, E, H)
+    copy_from_nn_lstm(fixed, lstm)
+    _check_lstm_equivalence(fixed, lstm, g)
+    lstm = _nn_lstm(4)  # fresh gradients
+    shared = SharedCell("lstm", E, H, num_nodes=8)
+    copy_from_nn_lstm(shared, lstm, g)
+    _check_lstm_equivalence(shared, lstm, g)
+
+
 def test_fixed_lstm_params_differ_from_nn_lstm_by_the_redundant_bias():
     cell = FixedCell(get_named("lstm"), E, H)
     n_lstm = sum(p.numel() for p in nn.LSTM(E, H).parameters())
@@ -155,6 +172,9 @@ def test_copy_from_nn_lstm_rejects_other_cells():
         copy_from_nn_lstm(FixedCell(get_named("lstm"), E, H), nn.LSTM(E, H + 1))
     with pytest.raises(ValueError, match="1-layer"):
         copy_from_nn_lstm(FixedCell(get_named("lstm"), E, H), nn.LSTM(E, H, num_layers=2))
+    peephole = make_space("lstm", 8, "gates").decode([0] * 20 + [1, 0, 0])  # i reads c_(t-1)
+    with pytest.raises(ValueError, match="needs a vanilla-LSTM genotype"):
+        copy_from_nn_lstm(FixedCell(peephole, E, H), nn.LSTM(E, H))
 
 
 # ============================================================================ reference semantics

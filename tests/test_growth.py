@@ -193,3 +193,20 @@ def test_enas_constrained_decoding_gives_only_bounded_cells() -> None:
     cells = [_sample(sp, gen, bounded=True) for _ in range(50)]
     assert all(g.analysis().growth == "bounded" for g in cells)
     assert all(sp.allowed(p) is None for p in ([], [1], [1, 0]))  # nothing to mask without require_bounded
+
+
+@pytest.mark.slow
+def test_every_cell_of_the_gates_template_is_linear_numerically() -> None:
+    """template=gates: c_t = sigmoid(.) * tanh(W·xh) + c_(t-1) * sigmoid(.), h_t = tanh(c_t) * sigmoid(.):
+    whatever the free nodes compute, the gates squash it, so every cell is "linear" - checked by driving
+    random cells with large weights over long sequences."""
+    sp = make_space("lstm", 8, "gates")
+    gen = torch.Generator().manual_seed(11)
+    for k in range(60):
+        g = _sample(sp, gen, bounded=False)
+        assert g.analysis().growth == "linear" and not g.is_degenerate(), g.to_dict()
+        hs, cs, bounds = _run(g, k)
+        assert all(math.isfinite(v) and v <= 1.0 for v in hs), g.to_dict()  # |o * tanh(c_t)| <= 1
+        assert all(math.isfinite(v) and v <= t + 2 for t, v in cs), g.to_dict()  # |c_t| <= |c_0| + t
+        half, last = bounds[T // 2 - 1], bounds[-1]
+        assert last[1] <= 2.1 * half[1] + 1, (g.to_dict(), half, last)

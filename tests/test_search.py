@@ -14,6 +14,7 @@ from enas_rnn.search import SearchRun
 from enas_rnn.searchrun import run_search
 from enas_rnn.supernet import load_supernet
 from enas_rnn.errors import ConfigError
+from enas_rnn.spaces import make_space
 from enas_rnn.genotype import Genotype
 
 
@@ -227,6 +228,15 @@ def test_search_in_the_memory_template(tiny_corpus: Path, tmp_path: Path) -> Non
     run_search(search_cfg(tiny_corpus, "space.template=memory", "search.unbounded=mask"), out)
     best = Genotype.from_json(out / "best_genotype.json")
     assert best.outputs["c"] == "n3" and best.nodes[2].to_dict()["op"] == "add" and not best.is_unbounded()
+
+
+@pytest.mark.slow
+def test_search_in_the_gates_template(tiny_corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "g"
+    run_search(search_cfg(tiny_corpus, "space.template=gates"), out)
+    best = Genotype.from_json(out / "best_genotype.json")
+    sp = make_space("lstm", 8, "gates")  # the best cell is saved canonical; it still fits the template
+    assert sp.decode(sp.encode(best)).canonical() == best.canonical() and best.analysis().growth == "linear"
 
 
 @pytest.mark.slow

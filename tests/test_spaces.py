@@ -228,6 +228,62 @@ def test_memory_template_constrained_decoding_and_analyses():
                              for c in (sp.decode(choices[:-1] + [h]) for h in range(8)))
 
 
+# ---------------------------------------------------------------------------- space.template=gates
+def test_gates_template_decisions_and_cells():
+    sp = make_space("lstm", 8, "gates")
+    ds = sp.decisions()
+    assert len(ds) == 23 and [d.name for d in ds][-3:] == ["n5.src_i", "n6.src_f", "n8.src_o"]
+    assert ds[-1].options == ("xh", "c", "n1", "n2", "n3", "n4")  # gates read xh, c or a free node
+    assert not any(d.kind == "output" for d in ds) and sp.size() == math.prod(d.num_choices for d in ds)
+    rng = random.Random(0)
+    for _ in range(300):
+        choices = [rng.randrange(d.num_choices) for d in sp.decisions()]
+        g = sp.decode(choices)
+        assert g.outputs == {"h": "n8", "c": "n7"}
+        assert g.nodes[4].inputs[1] == ("xh", "tanh") and g.nodes[4].inputs[0].act == "sigmoid"  # i * g
+        assert g.nodes[5].inputs[0] == ("c", "identity") and g.nodes[5].inputs[1].act == "sigmoid"  # c * f
+        assert g.nodes[6].to_dict() == {"op": "add", "inputs": [["n5", "identity"], ["n6", "identity"]]}
+        assert g.nodes[7].inputs[0] == ("n7", "tanh") and g.nodes[7].inputs[1].act == "sigmoid"  # o * tanh(c_t)
+        assert not g.is_degenerate() and g.analysis().growth == "linear"  # never needs the masks
+        assert sp.allowed(choices[:-1], require_bounded=True) is None
+        # encode renumbers the free nodes the gates read as n1..; the cell is the same
+        again = sp.decode(sp.encode(g))
+        assert again.canonical() == g.canonical() and sp.encode(again) == sp.encode(g)
+        assert LSTMSpace(8).decode(LSTMSpace(8).encode(g)) == g  # an ordinary lstm genotype
+
+
+def test_vanilla_lstm_is_a_point_of_the_gates_template():
+    for n in (4, 8):
+        sp = make_space("lstm", n, "gates")
+        g = get_named("lstm")
+        assert sp.encode(g) == [0] * (5 * (n - 4)) + [0, 0, 0]  # the gates read xh; the free nodes are dead
+        assert sp.decode(sp.encode(g)).canonical() == g.canonical()
+
+
+def test_gates_template_encode_says_why_a_cell_does_not_fit():
+    sp = make_space("lstm", 8, "gates")
+    lstm = get_named("lstm").to_dict()
+    relu_out = {**lstm, "nodes": [*lstm["nodes"][:3], {"op": "mul", "inputs": [["n3", "relu"], ["xh", "sigmoid"]]}]}
+    with pytest.raises(GenotypeError, match=r"template=gates: h_t = n4 must be tanh\(c_t\) \* sigmoid\(S_o\)"):
+        sp.encode(Genotype.from_dict(relu_out))
+    no_forget = {**lstm, "nodes": [lstm["nodes"][0], {"op": "mul", "inputs": [["c", "tanh"], ["xh", "sigmoid"]]},
+                                   *lstm["nodes"][2:]]}
+    with pytest.raises(GenotypeError, match=r"c_t = n3 must add sigmoid\(S_i\) \* tanh\(xh\)"):
+        sp.encode(Genotype.from_dict(no_forget))
+    # a gate computed by a chain of free nodes longer than the space has room for
+    chain = [{"op": "add", "inputs": [["xh", "tanh"], ["xh", "relu"]]}]
+    chain += [{"op": "mul", "inputs": [[f"n{k}", "tanh"], ["xh", "relu"]]} for k in range(1, 5)]
+    skeleton = [{"op": "mul", "inputs": [["n5", "sigmoid"], ["xh", "tanh"]]},
+                {"op": "mul", "inputs": [["c", "identity"], ["xh", "sigmoid"]]},
+                {"op": "add", "inputs": [["n6", "identity"], ["n7", "identity"]]},
+                {"op": "mul", "inputs": [["n8", "tanh"], ["xh", "sigmoid"]]}]
+    long = Genotype.from_dict({"space": "lstm", "nodes": chain + skeleton, "outputs": {"h": "n9", "c": "n8"}})
+    with pytest.raises(GenotypeError, match="the gates read 5 free nodes; 8 nodes leave room for 4"):
+        sp.encode(long)
+    assert make_space("lstm", 9, "gates").decode(make_space("lstm", 9, "gates").encode(long)).canonical() \
+        == long.canonical()
+
+
 def test_template_in_config_identity_and_errors():
     from omegaconf import OmegaConf
 
@@ -246,3 +302,5 @@ def test_template_in_config_identity_and_errors():
         make_space("lstm", 8, "carry")
     with pytest.raises(ConfigError, match="num_nodes >= 3"):
         make_space("lstm", 2, "memory")
+    with pytest.raises(ConfigError, match="template 'gates' fixes the last four nodes.*num_nodes >= 4"):
+        make_space("lstm", 3, "gates")

@@ -70,7 +70,7 @@ from enas_rnn.spaces.base import (
 )
 from enas_rnn.spaces.growth import Poly, classify, padd, pconst, pmul, pvar, worst
 
-__all__ = ["Operand", "LSTMNode", "LSTMPlan", "LSTMSpace", "copy_from_nn_lstm", "OPS"]
+__all__ = ["Operand", "LSTMNode", "LSTMPlan", "LSTMSpace", "copy_from_nn_lstm", "nn_lstm_gates", "OPS"]
 
 #: Binary ops of a node; both are commutative (canonical() relies on that).
 OPS: tuple[str, ...] = ("add", "mul")
@@ -81,6 +81,15 @@ OUTPUT_NAMES: tuple[str, ...] = ("h", "c")
 # LSTM's), never blow up; n1 reads two maps of xh, so c_t always carries the input.
 GATE_SOURCES: tuple[str, ...] = ("xh", "n1")
 GATE_ACTS: tuple[str, ...] = ("sigmoid", "tanh")
+# template=gates: the LSTM's own skeleton on the last four nodes, with its signed candidate tanh(W·xh) and
+# its output o * tanh(c_t) fixed (Hochreiter & Schmidhuber 1997; Greff et al. 2017, "LSTM: a search space
+# odyssey", found the forget gate and the output squash the two parts that cannot go):
+#     n(N-3) = sigmoid(S_i) * tanh(W·xh)   n(N-2) = identity(c) * sigmoid(S_f)
+#     n(N-1) = n(N-3) + n(N-2) = c_t        nN = tanh(c_t) * sigmoid(S_o) = h_t
+# and only the gates' sources S_i, S_f, S_o are searched: xh (the gate's own map, as in nn.LSTM), c_(t-1)
+# (a peephole without weights) or one of the free nodes n1..n(N-4), which are searched as in the free
+# space. Every cell of it is an LSTM with (possibly) computed gates: never degenerate, at worst "linear".
+GATES: tuple[str, ...] = ("i", "f", "o")
 # Above this many tie permutations canonical() stops brute-forcing automorphic nodes
 # and keeps a deterministic (still valid, possibly non-unique) numbering.
 _MAX_TIE_PERMUTATIONS = 5040
@@ -393,7 +402,8 @@ class LSTMSpace(SearchSpace):
     picture_note: ClassVar[str] = "edge label: activation; (W·) = own affine map of [x_t, h_{t-1}]"
     reference: ClassVar[Optional[str]] = "lstm"
     #: ``memory``: c_t = n1 + c_(t-1) * G is fixed (an additive memory, as the LSTM's constant error carousel).
-    templates: ClassVar[tuple[str, ...]] = ("none", "memory")
+    #: ``gates``: the whole LSTM skeleton is fixed on the last four nodes; only its gates' sources are searched.
+    templates: ClassVar[tuple[str, ...]] = ("none", "memory", "gates")
     named: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         # Vanilla LSTM (Hochreiter & Schmidhuber 1997; gate layout of torch.nn.LSTM):
         #   n1 = i * g, n2 = c_{t-1} * f, c_t = n3 = n1 + n2, h_t = n4 = tanh(c_t) * o.
@@ -674,6 +684,9 @@ class LSTMSpace(SearchSpace):
         if template == "memory" and int(num_nodes) < 3:
             raise ValueError(f"lstm space: template 'memory' fixes n1..n3 (i*g, c*f, c_t) and needs num_nodes >= 3, "
                              f"got {num_nodes}")
+        if template == "gates" and int(num_nodes) < 4:
+            raise ValueError(f"lstm space: template 'gates' fixes the last four nodes (i*g, c*f, c_t, h_t) and needs "
+                             f"num_nodes >= 4, got {num_nodes}")
         super().__init__(num_nodes, template)
 
     def _sources(self, i: int) -> tuple[str, ...]:
@@ -682,10 +695,18 @@ class LSTMSpace(SearchSpace):
     def _kinds(self) -> list[str]:
         """What each node's decisions are: ``free`` (two operands and an op), ``input`` (template n1 = i * g:
         two xh operands' activations and the op), ``gate`` (template n2 = identity(c) * G: G's source, xh or n1,
-        and its squashing activation) or ``fixed`` (template n3 = n1 + n2, no decision)."""
+        and its squashing activation) or ``fixed`` (template n3 = n1 + n2, no decision); with ``gates``
+        the free nodes come first and the skeleton's nodes are ``gate_i``, ``gate_f``, ``fixed``, ``gate_o``
+        (one decision each: the gate's source)."""
         if self.template == "memory":
             return ["input", "gate", "fixed"] + ["free"] * (self.num_nodes - 3)
+        if self.template == "gates":
+            return ["free"] * (self.num_nodes - 4) + ["gate_i", "gate_f", "fixed", "gate_o"]
         return ["free"] * self.num_nodes
+
+    def _gate_sources(self) -> tuple[str, ...]:
+        """template=gates: what a gate may read - xh (its own map), c_(t-1), or a free node."""
+        return INPUTS + tuple(node_ref(j) for j in range(1, self.num_nodes - 3))
 
     def _build_decisions(self) -> list[Decision]:
         out: list[Decision] = []
@@ -703,6 +724,11 @@ class LSTMSpace(SearchSpace):
             elif kind == "gate":
                 out.append(Decision(f"n{i}.src_g", len(GATE_SOURCES), "source", GATE_SOURCES))
                 out.append(Decision(f"n{i}.act_g", len(GATE_ACTS), "act", GATE_ACTS))
+            elif kind.startswith("gate_"):
+                srcs = self._gate_sources()
+                out.append(Decision(f"n{i}.src_{kind[-1]}", len(srcs), "source", srcs))
+        if self.template == "gates":  # h_t and c_t are the skeleton's
+            return out
         nodes = tuple(node_ref(j) for j in range(1, self.num_nodes + 1))
         out.append(Decision("out.h", self.num_nodes, "output", nodes))
         if self.template == "none":
@@ -711,7 +737,7 @@ class LSTMSpace(SearchSpace):
 
     @property
     def _num_outputs(self) -> int:
-        return 2 if self.template == "none" else 1
+        return {"none": 2, "memory": 1}.get(self.template, 0)
 
     def _decode_nodes(self, values: Sequence[int]) -> tuple[LSTMNode, ...]:
         """The nodes from the node decisions (every decision before the outputs)."""
@@ -731,6 +757,18 @@ class LSTMSpace(SearchSpace):
             elif kind == "gate":  # the forget gate's product: c_{t-1} * G, G squashed (|G| <= 1: no blow-up)
                 gate = Operand(GATE_SOURCES[next(it)], GATE_ACTS[next(it)])
                 nodes.append(LSTMNode("mul", (Operand("c", "identity"), gate)))
+            elif kind == "gate_i":  # i * g: the LSTM's signed candidate tanh(W·xh)
+                gate = Operand(self._gate_sources()[next(it)], "sigmoid")
+                nodes.append(LSTMNode("mul", (gate, Operand("xh", "tanh"))))
+            elif kind == "gate_f":  # c_{t-1} * f
+                gate = Operand(self._gate_sources()[next(it)], "sigmoid")
+                nodes.append(LSTMNode("mul", (Operand("c", "identity"), gate)))
+            elif kind == "gate_o":  # h_t = tanh(c_t) * o
+                gate = Operand(self._gate_sources()[next(it)], "sigmoid")
+                nodes.append(LSTMNode("mul", (Operand(node_ref(i - 1), "tanh"), gate)))
+            elif self.template == "gates":  # c_t = i * g + c_{t-1} * f
+                a, b = node_ref(i - 2), node_ref(i - 1)
+                nodes.append(LSTMNode("add", (Operand(a, "identity"), Operand(b, "identity"))))
             else:  # c_t = n1 + n2: the identity path that carries c_{t-1} (the constant error carousel)
                 nodes.append(LSTMNode("add", (Operand("n1", "identity"), Operand("n2", "identity"))))
         return tuple(nodes)
@@ -739,6 +777,8 @@ class LSTMSpace(SearchSpace):
         values = self._check_choices(choices)
         k = len(values) - self._num_outputs
         nodes = self._decode_nodes(values[:k])
+        if self.template == "gates":
+            return Genotype("lstm", nodes, {"h": node_ref(self.num_nodes), "c": node_ref(self.num_nodes - 1)})
         h = node_ref(values[k] + 1)
         c = node_ref(values[k + 1] + 1) if self.template == "none" else "n3"
         return Genotype("lstm", nodes, {"h": h, "c": c})
@@ -751,6 +791,8 @@ class LSTMSpace(SearchSpace):
         out.h, c_t being n3). None when every choice is allowed, or when no choice is (the caller then
         redraws the cell)."""
         D, n_out = len(self._decisions), self._num_outputs
+        if self.template == "gates":
+            return None  # every cell is an LSTM with computed gates: has memory, reads x_t, at worst linear
         if len(prefix) < D - n_out or not (exclude_degenerate or require_bounded):
             return None
         nodes = self._decode_nodes(prefix[: D - n_out])
@@ -779,7 +821,10 @@ class LSTMSpace(SearchSpace):
         """Choices for ``genotype``; fewer nodes than the space are padded with dead nodes,
         so then ``decode(encode(g)) == self.pad(g)`` (same canonical cell). With ``template=memory`` the
         genotype must be spelled as the template (n2 = identity(c) * G, n3 = identity(n1) + identity(n2),
-        c_t = n3): ``GenotypeError`` says where it differs."""
+        c_t = n3): ``GenotypeError`` says where it differs. With ``template=gates`` any numbering of an LSTM
+        skeleton fits (its free nodes are renumbered n1..; ``decode(encode(g))`` has the same canonical form)."""
+        if self.template == "gates":
+            return self._encode_gates(genotype)
         g = self.pad(genotype)
         fixed = self._decode_nodes([0] * (len(self._decisions) - self._num_outputs))
         out: list[int] = []
@@ -809,6 +854,69 @@ class LSTMSpace(SearchSpace):
             out.append(int(g.outputs["c"][1:]) - 1)
         elif g.outputs["c"] != "n3":
             raise self._misfit(f"c_t must be n3 (= n1 + n2), got c_t = {g.outputs['c']}")
+        return out
+
+    def _encode_gates(self, genotype: Genotype) -> list[int]:
+        """template=gates: find the skeleton from the outputs (h_t = tanh(c_t) * sigmoid(S_o), c_t = i * g +
+        c_(t-1) * f with i * g = sigmoid(S_i) * tanh(xh), c_(t-1) * f = identity(c) * sigmoid(S_f)); the nodes
+        the gates read become the free nodes n1.. in their order."""
+        self._check_genotype(genotype)
+        g, n_free = genotype, self.num_nodes - 4
+
+        def at(ref: str) -> LSTMNode:
+            return g.nodes[parse_node_ref(ref) - 1]
+
+        def gate(node: LSTMNode, fixed: Operand) -> Optional[Operand]:
+            """The sigmoid operand of ``fixed * sigmoid(S)``, or None when ``node`` is not that product."""
+            a, b = node.inputs
+            if node.op == "mul" and a == fixed and b.act == "sigmoid":
+                return b
+            if node.op == "mul" and b == fixed and a.act == "sigmoid":
+                return a
+            return None
+
+        h_ref, c_ref = g.outputs["h"], g.outputs["c"]
+        s_o = gate(at(h_ref), Operand(c_ref, "tanh"))
+        if s_o is None:
+            raise self._misfit(f"h_t = {h_ref} must be tanh(c_t) * sigmoid(S_o), got {_node_text(at(h_ref))}")
+        c_node = at(c_ref)
+        parts = [o.source for o in c_node.inputs]
+        if c_node.op != "add" or any(o.act != "identity" or o.source in INPUTS for o in c_node.inputs):
+            raise self._misfit(f"c_t = {c_ref} must be identity(i * g) + identity(c * f), got {_node_text(c_node)}")
+        found: dict[str, tuple[str, Operand]] = {}
+        for ref in parts:
+            for name, fixed in (("i", Operand("xh", "tanh")), ("f", Operand("c", "identity"))):
+                s = gate(at(ref), fixed)
+                if s is not None and name not in found:
+                    found[name] = (ref, s)
+                    break
+        if set(found) != {"i", "f"}:
+            raise self._misfit(f"c_t = {c_ref} must add sigmoid(S_i) * tanh(xh) and identity(c) * sigmoid(S_f), "
+                               f"got {' + '.join(_node_text(at(r)) for r in parts)}")
+        sources = {"i": found["i"][1].source, "f": found["f"][1].source, "o": s_o.source}
+        skeleton = {h_ref, c_ref, found["i"][0], found["f"][0]}
+        free: set[int] = set()
+        stack = [parse_node_ref(s) for s in sources.values() if s not in INPUTS]
+        while stack:
+            i = stack.pop()
+            if node_ref(i) in skeleton:
+                raise self._misfit(f"a gate reads {node_ref(i)}, a node of the skeleton; gates read xh, c or free nodes")
+            if i not in free:
+                free.add(i)
+                stack.extend(parse_node_ref(s) for s in g.node_sources(i) if s not in INPUTS)
+        if len(free) > n_free:
+            raise self._misfit(f"the gates read {len(free)} free nodes; {self.num_nodes} nodes leave room for {n_free}")
+        new_ref = {node_ref(old): node_ref(k) for k, old in enumerate(sorted(free), 1)}
+        out: list[int] = []
+        for k, old in enumerate(sorted(free), 1):
+            srcs = self._sources(k)
+            for o in g.nodes[old - 1].inputs:
+                out += [srcs.index(new_ref.get(o.source, o.source)), ACTIVATIONS.index(o.act)]
+            out.append(OPS.index(g.nodes[old - 1].op))
+        filler = [0, 0, 0, 0, 0]  # add(identity(xh), identity(xh)): a dead node
+        out += filler * (n_free - len(free))
+        allowed_sources = self._gate_sources()
+        out += [allowed_sources.index(new_ref.get(sources[k], sources[k])) for k in GATES]
         return out
 
     def _misfit(self, why: str) -> GenotypeError:
@@ -934,22 +1042,44 @@ def _renumber(g: Genotype, order: Sequence[int]) -> Genotype:
     return Genotype("lstm", tuple(nodes), Outputs({k: new_ref[g.outputs[k]] for k in OUTPUT_NAMES}))
 
 
-# Gate order of torch.nn.LSTM's weight_ih/weight_hh rows, and where each gate lives in the
-# ``lstm`` genotype: (node, operand slot).
-_NN_LSTM_GATES = {"i": (0, (1, 0)), "f": (1, (2, 1)), "g": (2, (1, 1)), "o": (3, (4, 1))}
+# Gate order of torch.nn.LSTM's weight_ih/weight_hh rows.
+_NN_LSTM_ORDER: tuple[str, ...] = ("i", "f", "g", "o")
 
 
-def copy_from_nn_lstm(cell: Any, lstm: nn.LSTM) -> None:
-    """Copy a 1-layer ``nn.LSTM``'s weights into a cell running the named ``lstm`` genotype.
+def nn_lstm_gates(g: Genotype) -> dict[str, tuple[int, int]]:
+    """Where each gate of a vanilla-LSTM genotype lives, ``{gate: (node, operand slot)}`` (node 1-based), for
+    any numbering and operand order of the cell (the named ``lstm`` one, template=gates' spelling, ...)."""
+    if g.space != "lstm" or g.canonical() != Genotype.from_dict(LSTMSpace.named["lstm"]).canonical():
+        raise ValueError("not a vanilla LSTM: its canonical form differs from the named 'lstm' cell's")
+    c_ref, h_ref = g.outputs["c"], g.outputs["h"]
+
+    def slot(i: int, operand: Operand) -> tuple[int, int]:
+        return i, list(g.nodes[i - 1].inputs).index(operand)
+
+    gates = {"o": slot(parse_node_ref(h_ref), Operand("xh", "sigmoid"))}
+    for o in g.nodes[parse_node_ref(c_ref) - 1].inputs:
+        i = parse_node_ref(o.source)
+        if Operand("c", "identity") in g.nodes[i - 1].inputs:
+            gates["f"] = slot(i, Operand("xh", "sigmoid"))
+        else:
+            gates["i"], gates["g"] = slot(i, Operand("xh", "sigmoid")), slot(i, Operand("xh", "tanh"))
+    return gates
+
+
+def copy_from_nn_lstm(cell: Any, lstm: nn.LSTM, genotype: Optional[Genotype] = None) -> None:
+    """Copy a 1-layer ``nn.LSTM``'s weights into a cell running a vanilla-LSTM genotype (``genotype``; by
+    default a FixedCell's own, else the named ``lstm``).
 
     Gate k of nn.LSTM (rows k*H:(k+1)*H, order i, f, g, o) goes to its (node, slot) row;
     W is transposed into the [in, out] bank layout; b_ih + b_hh become the single bias.
     """
     if cell.space != "lstm":
         raise ValueError(f"copy_from_nn_lstm needs an lstm-space cell, got {cell.space!r}")
-    own = getattr(cell, "genotype", None)
-    if own is not None and own != Genotype.from_dict(LSTMSpace.named["lstm"]):
-        raise ValueError("copy_from_nn_lstm needs a FixedCell of the named 'lstm' genotype")
+    g = genotype or getattr(cell, "genotype", None) or Genotype.from_dict(LSTMSpace.named["lstm"])
+    try:
+        gates = nn_lstm_gates(g)
+    except ValueError as e:
+        raise ValueError(f"copy_from_nn_lstm needs a vanilla-LSTM genotype: {e}") from None
     if lstm.num_layers != 1 or lstm.bidirectional or getattr(lstm, "proj_size", 0):
         raise ValueError("copy_from_nn_lstm supports a 1-layer, unidirectional nn.LSTM without projection")
     if lstm.input_size != cell.input_size or lstm.hidden_size != cell.hidden_size:
@@ -961,8 +1091,8 @@ def copy_from_nn_lstm(cell: Any, lstm: nn.LSTM) -> None:
     if lstm.bias:
         b = lstm.bias_ih_l0 + lstm.bias_hh_l0
     with torch.no_grad():
-        for k, key in _NN_LSTM_GATES.values():
-            (r,) = cell.rows([key])
+        for k, name in enumerate(_NN_LSTM_ORDER):
+            (r,) = cell.rows([gates[name]])
             rows = slice(k * H, (k + 1) * H)
             cell.bank_row("w_x", r).copy_(w_ih[rows].t())
             cell.bank_row("w_h", r).copy_(w_hh[rows].t())
