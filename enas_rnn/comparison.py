@@ -538,11 +538,13 @@ def plan(cfg: Any, cells: Sequence[CellEntry], folder: Path, store: Optional[Pat
 
 
 def submit_baselines(cfg: Any, folder: Path, executor: Executor, store: Optional[Path] = None) -> list[Handle]:
-    """Starts the nn.LSTM runs of a comparison before its cells are known (they depend only on the config):
-    the pipeline trains them while its search runs. Submitting them again later reuses them."""
+    """Starts every baseline run of a comparison (nn.LSTM, and nn.GRU at both sizes when configured) before its
+    cells are known - they depend only on the config (nn.GRU is matched to nn.LSTM, not to the cell): the
+    pipeline trains them while its search runs (with launcher=local, on the cores the search leaves free).
+    Submitting them again later reuses them."""
     specs, _ = plan_runs(cfg, [], vocab_size_of(cfg.data))
     return [submit_train(executor, train_job(s, run_folder_of(s, cfg, folder, store), wait=_cached(s, cfg)))
-            for s in specs if s.model == BASELINE]
+            for s in specs if s.model in BASELINES.values() and s.alias_of is None]
 
 
 def run_compare(cfg: Any, folder: str | Path, cells: Optional[Sequence[CellEntry]] = None,

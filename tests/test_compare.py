@@ -240,3 +240,25 @@ def test_a_cached_baseline_in_use_is_waited_for(tiny_corpus: Path, tmp_path: Pat
     threading.Timer(1.0, holder._unlock).start()  # the other process finishes
     report = run_compare(compose_app("compare", args), tmp_path / "b")
     assert any(r["status"] == "reused" for r in report["runs"])
+
+
+def test_submit_baselines_starts_every_baseline_before_the_cells_are_known(tiny_corpus: Path, tmp_path: Path) -> None:
+    """The pipeline trains every baseline (nn.LSTM, and nn.GRU at both sizes: matched to nn.LSTM, not to a cell)
+    beside its search; the cells' runs are not among them."""
+    from enas_rnn.comparison import submit_baselines
+    from enas_rnn.launch import Executor, Handle
+
+    class Recorder(Executor):
+        def __init__(self) -> None:
+            super().__init__("serial", 1, 1)
+            self.names: list[str] = []
+
+        def submit(self, job):  # records instead of training
+            self.names.append(job.name)
+            return Handle(job, _done=True)
+
+    args = ["experiment=smoke", f"data.root={tiny_corpus}", "cell=lstm", "seeds=[0,1]", "baselines=[lstm,gru]"]
+    ex = Recorder()
+    submit_baselines(compose_app("compare", args), tmp_path / "c", ex)
+    assert sorted(ex.names) == sorted(f"{m}_{s}_seed{k}" for m in ("nn_lstm", "nn_gru") for s in ("same", "matched")
+                                      for k in (0, 1) if (m, s) != ("nn_lstm", "matched"))

@@ -11,7 +11,7 @@ Stages (each one's output is kept; a finished stage is never redone, an interrup
     summary.md  every stage's result, the winner's picture and formulas, the fidelity, the verdict
     metrics.json the same numbers as strict JSON; fidelity.png (supernet vs first-rung perplexity)
 
-The stages' independent trainings go through one executor (``launcher=serial|local|slurm``): the nn.LSTM
+The stages' independent trainings go through one executor (``launcher=serial|local|slurm``): the baseline
 runs of the comparison depend only on the config and train while the search runs; a rung's candidates
 train side by side. Choosing among shared-weight front runners by real training is the remedy of DARTS
 (Liu et al. 2019, sec. 3.3) and of random search with weight sharing (Li & Talwalkar 2019) against the
@@ -203,7 +203,7 @@ def run_pipeline(cfg: DictConfig, folder: str | Path, mode: str = "new", overrid
 
 def _stages(cfg: DictConfig, folder: Path, run: RunFolder, executor: Executor) -> dict[str, Any]:
     with _timed(run, "search"):
-        # The nn.LSTM runs depend only on the config: they train while the search runs (launcher=local).
+        # The baseline runs depend only on the config: they train while the search runs (launcher=local).
         if not (folder / "compare" / "comparison.json").is_file():
             submit_baselines(compare_config(cfg), folder / "compare", executor, folder / "runs")
         search = stage_search(cfg, folder, executor)
