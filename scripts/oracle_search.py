@@ -15,7 +15,7 @@ without a valid output redrawn). The reward of a cell is
 positive and of the form c / ppl like the ENAS reward (the target gets 1, one edit away 0.5, a typical
 random cell at d ~ 13 about 0.07: the range 80 / ppl spans for ppl 80..1100), so the policy gradient
 has the scale it has in a real search; -d would multiply it by ~100. Targets: the LSTM and a random
-valid cell of the same space (seeded); spaces: the 8-node lstm space and ``template=memory``. Against
+valid cell of the same space (seeded); spaces: the 8-node lstm space, ``template=memory`` and ``template=gates``. Against
 random sampling: uniform valid cells (what random search draws), the same number of draws.
 
 Reported per (space, target, method): the step at which the target was first sampled (same canonical
@@ -53,7 +53,7 @@ from enas_rnn.genotype import Genotype, get_named  # noqa: E402
 from enas_rnn.spaces import SearchSpace, make_space  # noqa: E402
 from enas_rnn.strategies import ENASStrategy, ReinforceConfig  # noqa: E402
 
-SPACES = (("lstm", 8, "none"), ("lstm", 8, "memory"))
+SPACES = (("lstm", 8, "none"), ("lstm", 8, "memory"), ("lstm", 8, "gates"))
 TARGET_SEED = 1234  # the random target of each space
 
 

@@ -164,3 +164,27 @@ def test_mrs_prescreen_scores_the_pool_and_enters_the_fidelity(tiny_corpus: Path
     assert all(c["mrs_mean"] is not None for c in sel["candidates"])
     assert all(c["flagged"] for c in sel["screened_out"])  # screened out: flagged, replaced from the pool
     assert "mrs" in sel["fidelity"] and sel["fidelity"]["mrs"]["n"] == len(sel["candidates"])
+
+
+def test_the_search_takes_the_first_slot_and_the_baselines_are_submitted_beside_it(tiny_corpus: Path,
+                                                                                   tmp_path: Path) -> None:
+    """With launcher=local the stages wait for the search, not for the baselines: the search is queued first
+    (the baselines held both slots of a 2-core machine for the first 2.5 minutes before this)."""
+    from enas_rnn.comparison import submit_baselines
+    from enas_rnn.launch import Executor, Handle
+
+    order: list[str] = []
+
+    class Recorder(Executor):
+        def __init__(self) -> None:
+            super().__init__("local", 2, 1)
+
+        def submit(self, job):  # records the order instead of starting processes
+            order.append(job.name)
+            return Handle(job, _value={"best_ppl": 1.0}, _done=True)
+
+    cfg = pipe_cfg(tiny_corpus, "launcher=local")
+    ex = Recorder()
+    got = stage_search(cfg, tmp_path, ex, lambda: submit_baselines(compare_config(cfg), tmp_path / "compare", ex))
+    assert got == {"best_ppl": 1.0} and order[0] == "search" and len(order) > 1
+    assert all(name.startswith("nn_lstm") for name in order[1:])

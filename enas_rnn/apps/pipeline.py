@@ -26,7 +26,7 @@ import math
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -95,16 +95,23 @@ def with_search_from(cfg: DictConfig) -> DictConfig:
 
 
 # --------------------------------------------------------------------------------------------- stages
-def stage_search(cfg: DictConfig, run: Path, executor: Executor) -> dict[str, Any]:
-    """The search stage: a copy of search_from=, or a search (a job of the executor), reused when finished."""
+def stage_search(cfg: DictConfig, run: Path, executor: Executor,
+                 beside: Callable[[], object] = lambda: None) -> dict[str, Any]:
+    """The search stage: a copy of search_from=, or a search (a job of the executor), reused when finished.
+
+    ``beside`` submits the jobs that may run while the search does (the baselines); it is called after the
+    search is submitted, so the search takes the first slot (the next stages wait for it, not for them)."""
     folder = run / "search"
     if cfg.get("search_from") and not (folder / "run.json").is_file():
         copy_search(cfg.search_from, folder)
         log.info("search: copied the finished search %s into %s", cfg.search_from, folder)
     if RunFolder(folder, "enas-search").status == "finished":
+        beside()
         return search_outputs(folder)["metrics"]
     config = OmegaConf.to_container(search_config(cfg), resolve=True, enum_to_str=True)
-    return executor.submit(Job("search", folder, search_job, (config, str(folder)))).result()
+    handle = executor.submit(Job("search", folder, search_job, (config, str(folder))))
+    beside()
+    return handle.result()
 
 
 def _accept(cfg: DictConfig) -> Any:
@@ -203,10 +210,12 @@ def run_pipeline(cfg: DictConfig, folder: str | Path, mode: str = "new", overrid
 
 def _stages(cfg: DictConfig, folder: Path, run: RunFolder, executor: Executor) -> dict[str, Any]:
     with _timed(run, "search"):
-        # The baseline runs depend only on the config: they train while the search runs (launcher=local).
-        if not (folder / "compare" / "comparison.json").is_file():
-            submit_baselines(compare_config(cfg), folder / "compare", executor, folder / "runs")
-        search = stage_search(cfg, folder, executor)
+        def baselines() -> None:
+            # The baseline runs depend only on the config: they train while the search runs (launcher=local).
+            if not (folder / "compare" / "comparison.json").is_file():
+                submit_baselines(compare_config(cfg), folder / "compare", executor, folder / "runs")
+
+        search = stage_search(cfg, folder, executor, baselines)
     with _timed(run, "select"):
         select = stage_select(cfg, folder, executor)
     winner = Genotype.from_dict(select["winner_genotype"])
