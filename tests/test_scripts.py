@@ -56,5 +56,6 @@ def test_growth_and_distance_scripts_run(tmp_path: Path) -> None:
     res = _run(["scripts/oracle_search.py", "--steps", "4", "--seeds", "1", "--window", "2", "--out", str(out),
                 "--png", str(png)], 600)
     doc = json.loads(out.read_text())
-    assert len(doc["results"]) == 8 and png.stat().st_size > 1000 and "| lstm 8 template=memory |" in res.stdout
+    assert len(doc["results"]) == 12 and png.stat().st_size > 1000 and "| lstm 8 template=memory |" in res.stdout
+    assert "| lstm 8 template=gates |" in res.stdout
     assert all(len(r["runs"][0]["window_mean"]) == 2 for r in doc["results"])
