@@ -155,7 +155,9 @@ class Executor:
 
     Serial: ``submit`` runs the job at once in this process (errors propagate as they are). Local and
     SLURM: at most ``capacity`` jobs run at a time; the rest wait in submission order and start as
-    slots free up (``poll``, called by ``wait`` and ``run``).
+    slots free up (``poll``, called by ``wait`` and ``run``). Submitting a job that is already queued or
+    running returns its handle (one process, one result), and a different job for a folder another job
+    is writing starts after that one (a run folder admits one writer).
     """
 
     def __init__(self, kind: str, capacity: int, threads: int, backend: Any = None) -> None:
@@ -172,6 +174,9 @@ class Executor:
         if not self.parallel:
             handle._value, handle._done = job.fn(*job.args), True
             return handle
+        for h in self._queue + self._running:
+            if h.job.folder == job.folder and h.job.fn is job.fn and h.job.args == job.args and not h.done():
+                return h  # the same job is already queued or running (e.g. a baseline started beside the search)
         handle._owner = self
         self._queue.append(handle)
         self.poll()
@@ -187,8 +192,14 @@ class Executor:
     def poll(self) -> None:
         """Starts waiting jobs while slots are free; collects finished ones."""
         self._running = [h for h in self._running if not h.done()]
-        while self._queue and len(self._running) < self.capacity:
-            h = self._queue.pop(0)
+        busy = {h.job.folder for h in self._running}
+        i = 0
+        while i < len(self._queue) and len(self._running) < self.capacity:
+            if self._queue[i].job.folder in busy:  # another job writes this folder (its lock): start after it
+                i += 1
+                continue
+            h = self._queue.pop(i)
+            busy.add(h.job.folder)
             h.job.folder.mkdir(parents=True, exist_ok=True)
             h._sub = self.backend.submit(_call, h.job.fn, h.job.args, self.threads)
             log.info("started job %s (%s) in %s", h.job.name, self.kind, h.job.folder)

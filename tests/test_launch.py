@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,21 @@ def test_waiting_on_a_queued_job_starts_it_when_a_slot_frees(tmp_path: Path) -> 
     second = ex.submit(Job("b", tmp_path / "b", math.factorial, (6,)))
     assert second._sub is None  # queued, no process yet
     assert second.result() == 720 and first.result() == 120
+
+
+@pytest.mark.slow
+def test_a_job_submitted_twice_runs_once_and_another_job_for_its_folder_waits(tmp_path: Path) -> None:
+    # The pipeline submits the baselines beside the search and again in its compare stage: a job still queued
+    # or running must not start a second process in its folder (the run folder's lock would refuse it).
+    ex = make_executor(launcher(name="local", jobs=2), tmp_path)
+    folder = tmp_path / "run"
+    first = ex.submit(Job("a", folder, time.sleep, (1.0,)))
+    assert ex.submit(Job("a", folder, time.sleep, (1.0,))) is first
+    other = ex.submit(Job("b", folder, math.factorial, (5,)))  # the same folder, another job: after the first
+    elsewhere = ex.submit(Job("c", tmp_path / "c", math.factorial, (4,)))
+    assert other._sub is None and elsewhere._sub is not None  # the free slot went to the job of another folder
+    assert ex.wait([first, other, elsewhere]) == [None, 120, 24]
+    assert ex.submit(Job("a", folder, math.factorial, (3,))).result() == 6  # a finished job: a new one runs
 
 
 def test_more_jobs_than_cores_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
