@@ -175,7 +175,11 @@ def train_lm(
 
 
 def _read_back(run: RunFolder, stop_at: Optional[int]) -> dict[str, Any]:
-    """A finished (or diverged) run's results: metrics.json, or the divergence it recorded."""
+    """A finished (or diverged) run's results: metrics.json, or the divergence it recorded; with ``stop_at``,
+    the pause it recorded at that step (a selection rung read back from a run that has since finished)."""
+    pause = ((run.record() or {}).get("pauses") or {}).get(str(stop_at)) if stop_at is not None else None
+    if pause is not None:
+        return pause
     if (run.path / "metrics.json").is_file():
         return json.loads((run.path / "metrics.json").read_text())
     if (run.path / DIVERGED).is_file():

@@ -60,6 +60,9 @@ def arm_of(m: dict) -> str:
         parts.append("search.skip_exploding=true")
     if _get(c, "shared_train.lr", 20.0) != 20.0:
         parts.append(f"shared_train.lr={_get(c, 'shared_train.lr'):g}")
+    seeds = list(_get(c, "compare.seeds", [0, 1]))
+    if seeds != [0, 1]:
+        parts.append("compare.seeds=[" + ",".join(str(x) for x in seeds) + "]")
     if _get(c, "supernet.state_clip", 25.0) != 25.0:
         parts.append(f"supernet.state_clip={_get(c, 'supernet.state_clip')}")
     return ", ".join(parts)

@@ -71,6 +71,11 @@ def test_a_paused_run_continues_exactly(tiny_corpus: Path, tmp_path: Path) -> No
         assert torch.equal(value, b["state_dicts"]["model"][key]), key
     assert second["valid_ppl"] == straight["valid_ppl"]
     assert train_lm(run, tmp_path / "a", g, stop_at=12) == second  # asked again: read back, not retrained
+    # Finished (the comparison continues the winner's run to the budget): a rung asked again reads back its
+    # pause, not the final metrics (a selection run again over finished runs keeps every rung's perplexity).
+    final = train_lm(run, tmp_path / "a", g)
+    assert final["steps"] == 16 and train_lm(run, tmp_path / "a", g, stop_at=3) == first
+    assert train_lm(run, tmp_path / "a", g, stop_at=12) == second and train_lm(run, tmp_path / "a", g) == final
 
 
 def _select(root: Path, folder: Path, *extra: str) -> dict:
