@@ -88,7 +88,7 @@ from enas_rnn.train import LoopState, StepResult, perplexity, show_progress, tra
 from enas_rnn.viz import draw_genotype
 
 __all__ = ["SearchConfig", "SearchState", "SearchRun", "derive", "describe", "Hook", "DEGENERATE_MODES",
-           "UNBOUNDED_MODES"]
+           "UNBOUNDED_MODES", "refusal_threshold"]
 
 Hook = Callable[[str, int], None]  # (event, counter): lets tests interrupt a run at a chosen point
 log = logging.getLogger(__name__)
@@ -98,6 +98,15 @@ UNBOUNDED_MODES: tuple[str, ...] = ("mask", "penalty", "off")
 
 class SearchDiverged(UserError):
     """Every child of a search diverged: there is no cell to hand over."""
+
+
+def refusal_threshold(vocab_size: int) -> float:
+    """The loss above which ``search.skip_exploding`` refuses a shared update: 10x a uniform guess, ln(10 V).
+
+    Not ln V itself: an untrained supernet predicts almost uniformly, so its loss starts at about ln V (on
+    PTB just above it) - a threshold of ln V refused 1,500 of 2,500 updates of a search and held the
+    supernet at its initial weights for 8 epochs (README, the study's stabilisers)."""
+    return math.log(10.0 * vocab_size)
 
 
 @dataclass
@@ -133,8 +142,8 @@ class SearchConfig:
     # "off" treats them like any cell. Unless "off", no unbounded cell is trained, evaluated or derived, and
     # random search samples the bounded subset.
     unbounded: str = rule("off", one_of(UNBOUNDED_MODES))
-    # A shared-phase window whose child is worse than a uniform guess (loss > ln V) updates nothing: its
-    # clipped gradient would pull every shared weight towards an exploding child (supernet stabiliser).
+    # A shared-phase window whose child is 10x worse than a uniform guess (loss > ln 10V, refusal_threshold)
+    # updates nothing: its clipped gradient would pull every shared weight towards an exploding child.
     skip_exploding: bool = False
     derive_samples: int = rule(100, INT1)  # cells drawn at derive time (ENAS-pytorch derive_num_sample)
     derive_batches: int = rule(10, INT1)  # validation windows, the same for every derived cell
@@ -331,7 +340,7 @@ class SearchRun:
             before = loop.step
             ended = train_steps(self.model, self.optimizer, self.splits.train, loop, cfg.train, cfg.data, remaining,
                                 self._training_child, self._shared_step_hook, stop=interrupt.requested,
-                                skip_above=math.log(self.model.vocab_size) if cfg.search.skip_exploding else None)
+                                skip_above=refusal_threshold(self.model.vocab_size) if cfg.search.skip_exploding else None)
             self._stop_if_interrupted()
             if remaining is None:
                 break

@@ -147,7 +147,7 @@ def train_steps(
     True the call returns at once, between two windows, with ``state`` as after the last finished
     step; the caller tells this early return from a finished one by the steps done.
 
-    ``skip_above`` (the search's ``skip_exploding``: ln V, a uniform guess) refuses the update of a window
+    ``skip_above`` (the search's ``skip_exploding``: ln 10V, 10x a uniform guess) refuses the update of a window
     whose loss is above it: no backward, no step, the hidden state reset (counted in
     ``state.refused``, not as a non-finite step) - an exploding child's gradient would move the shared
     weights in its own direction.
